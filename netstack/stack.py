@@ -1,0 +1,303 @@
+"""The direct stack: Ethernet, ARP, IPv4, ICMP and UDP over one Netif and one Clock.
+
+Theory of operation
+-------------------
+This is the one place the layers are wired together (STYLE 6: the
+constructors are the functor application)::
+
+    netif -> Ethernet demux -> ArpCore
+                            -> Ipv4(arp) -> Icmpv4(ipv4)
+                                         -> Udp(ipv4, icmp)
+
+and the one place that touches asyncio time. The cores never read a clock
+or sleep; the driver here does three things:
+
+1. ``_receive(batch)``: for every frame the device delivered at one wake-up,
+   demultiplex and hand it to a core with ``now`` read once per batch; write
+   what the cores return; then re-arm the timer.
+2. ``_transmit(frames)``: write frames to the netif.
+3. ``_arm()``: keep exactly one timer, at the earliest ``poll_at()`` of any
+   core, and on expiry call each core's ``poll(now)``. There is no periodic
+   tick: an idle stack with nothing pending arms nothing at all.
+
+Bad input never raises out of here: malformed bytes raise the layer's
+``WireError``, which is counted as ``<layer>.<reason>`` in ``stats`` and the
+frame dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import os
+import weakref
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from netstack.arp import ArpConfig, ArpCore
+from netstack.icmp import IcmpConfig, Icmpv4
+from netstack.ipv4 import Ipv4, Ipv4Config
+from netstack.protocols import Clock, FrameBatch, Netif, TimerHandle
+from netstack.udp import Udp, UdpTransport, _pack_address
+from netstack.wire.errors import WireError
+from netstack.wire.ethernet import ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_IPV6, HEADER_LEN as ETHERNET_HEADER_LEN
+from netstack.wire.ipv4 import PROTOCOL_ICMP, PROTOCOL_UDP
+
+log = logging.getLogger("netstack.stack")
+
+_BROADCAST = b"\xff" * 6
+
+
+class Stack:
+    """TCP/IP over ``netif``, timed by ``clock``.
+
+    ``ipv4`` is the interface address with prefix (``"10.0.0.2/24"``);
+    ``gateway`` the default router, if any.
+
+    Life cycle::
+
+        Stack(...) -> start() -> [create_datagram_endpoint | ping]* -> close()
+    """
+
+    def __init__(
+        self,
+        netif: Netif,
+        clock: Clock,
+        *,
+        ipv4: str | ipaddress.IPv4Interface,
+        gateway: str | ipaddress.IPv4Address | None = None,
+        arp_config: ArpConfig | None = None,
+        icmp_config: IcmpConfig | None = None,
+        ipv4_config: dict[str, Any] | None = None,
+    ) -> None:
+        self.netif = netif
+        self.clock = clock
+        self.stats: Counter[str] = Counter()
+        interface = ipaddress.IPv4Interface(ipv4)
+        router = ipaddress.IPv4Address(gateway) if gateway is not None else None
+        self.ipv4_config = Ipv4Config(interface, router, **(ipv4_config or {}))
+        offload = netif.offload
+        self.arp = ArpCore(netif.mac, interface.ip.packed, arp_config, self.stats)
+        self.ipv4 = Ipv4(
+            self.ipv4_config, self.arp, netif.mac, netif.mtu, self.stats, verify_checksums=not offload.rx_checksum
+        )
+        self.icmp = Icmpv4(self.ipv4, icmp_config, self.stats)
+        self.udp = Udp(self.ipv4, self.icmp, self._transmit, clock.monotonic_ns, self.stats)
+        self.icmp.unreachable_handler = self.udp.unreachable
+        self.icmp.echo_reply_handler = self._echo_reply
+        self._mac = netif.mac
+        self._timer: TimerHandle | None = None
+        self._timer_deadline: int | None = None
+        self._started = False
+        self._closed = False
+        self._ping_ident = int.from_bytes(os.urandom(2), "big")
+        self._ping_sequence = 0
+        self._pings: dict[int, tuple[asyncio.Future[float], int, bytes, TimerHandle]] = {}
+        self._transports: weakref.WeakSet[UdpTransport] = weakref.WeakSet()
+
+    # -- life cycle ----------------------------------------------------------
+
+    @property
+    def address(self) -> ipaddress.IPv4Address:
+        return self.ipv4_config.address.ip
+
+    def start(self) -> None:
+        """Start receiving and announce our address. Idempotent."""
+        if self._started:
+            return
+        self._started = True
+        self.netif.listen(self._receive)
+        self._transmit(self.arp.start(self.clock.monotonic_ns()))
+        self._arm()
+        log.info("stack up: %s on %s, gateway %s", self.ipv4_config.address, _mac_str(self._mac), self.ipv4_config.gateway)
+
+    def close(self) -> None:
+        """Close every endpoint and stop the timers; the netif stays open for its owner."""
+        if self._closed:
+            return
+        self._closed = True
+        for transport in list(self._transports):
+            transport.close()
+        for future, _, _, timer in self._pings.values():
+            timer.cancel()
+            if not future.done():
+                future.cancel()
+        self._pings.clear()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    # -- the receive path ----------------------------------------------------
+
+    def _receive(self, batch: FrameBatch) -> None:
+        if self._closed:
+            return
+        now = self.clock.monotonic_ns()
+        stats = self.stats
+        mac = self._mac
+        out: list[bytearray] = []
+        for frame in batch:
+            view = memoryview(frame)
+            try:
+                if len(view) < ETHERNET_HEADER_LEN:
+                    stats["ethernet.truncated"] += 1
+                    continue
+                dst = view[0:6]
+                if dst != mac and dst != _BROADCAST:
+                    stats["ethernet.not_for_us"] += 1
+                    continue
+                ethertype = (view[12] << 8) | view[13]
+                if ethertype == ETHERTYPE_IPV4:
+                    datagram = self.ipv4.handle(view[ETHERNET_HEADER_LEN:], now)
+                    if datagram is None:
+                        continue
+                    protocol = datagram.protocol
+                    if protocol == PROTOCOL_UDP:
+                        out += self.udp.handle(datagram, now)
+                    elif protocol == PROTOCOL_ICMP:
+                        out += self.icmp.handle(datagram, now)
+                    else:
+                        stats["ipv4.protocol_unsupported"] += 1
+                elif ethertype == ETHERTYPE_ARP:
+                    out += self.arp.handle(view[ETHERNET_HEADER_LEN:], now)
+                elif ethertype == ETHERTYPE_IPV6:
+                    stats["ethernet.ipv6_unsupported"] += 1
+                elif ethertype < 0x0600:
+                    stats["ethernet.unsupported_length_field"] += 1
+                else:
+                    stats["ethernet.unknown_ethertype"] += 1
+            except WireError as error:
+                stats[error.counter] += 1
+        if out:
+            self._transmit(out)
+        self._arm()
+
+    # -- the send path -------------------------------------------------------
+
+    def _transmit(self, frames: list[bytearray]) -> None:
+        write = self.netif.write
+        for frame in frames:
+            try:
+                write(frame)
+            except OSError as error:
+                self.stats["netif.write_error"] += 1
+                log.debug("netif write failed: %s", error)
+        if frames and not self._closed:
+            # A send may have queued frames behind ARP resolution.
+            self._arm()
+
+    # -- timers --------------------------------------------------------------
+
+    def poll_at(self) -> int | None:
+        """The earliest deadline any core reports."""
+        deadline = self.arp.poll_at()
+        other = self.ipv4.poll_at()
+        if other is not None and (deadline is None or other < deadline):
+            deadline = other
+        return deadline
+
+    def _arm(self) -> None:
+        if self._closed:
+            return
+        deadline = self.poll_at()
+        if deadline == self._timer_deadline:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_deadline = deadline
+        self._timer = self.clock.call_at(deadline, self._on_timer) if deadline is not None else None
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_deadline = None
+        if self._closed:
+            return
+        now = self.clock.monotonic_ns()
+        out = self.arp.poll(now)
+        for quote in self.ipv4.poll(now):
+            out += self.icmp.reassembly_time_exceeded(quote, now)
+        if out:
+            self._transmit(out)
+        self._arm()
+
+    # -- UDP -----------------------------------------------------------------
+
+    async def create_datagram_endpoint(
+        self,
+        protocol_factory: Callable[[], asyncio.DatagramProtocol],
+        local_addr: tuple[str, int] | None = None,
+        remote_addr: tuple[str, int] | None = None,
+        *,
+        allow_broadcast: bool = False,
+    ) -> tuple[UdpTransport, asyncio.DatagramProtocol]:
+        """As ``loop.create_datagram_endpoint``, over this stack."""
+        if self._closed:
+            raise RuntimeError("stack is closed")
+        self.start()
+        port = 0
+        if local_addr is not None:
+            host, port = local_addr
+            if host not in (None, "", "0.0.0.0") and ipaddress.IPv4Address(host) != self.address:
+                raise OSError(99, f"cannot assign requested address {host}")  # EADDRNOTAVAIL
+            if not isinstance(port, int) or not 0 <= port <= 65535:
+                raise ValueError(f"invalid port {port!r}")
+        remote = _pack_address(remote_addr) if remote_addr is not None else None
+        loop = asyncio.get_running_loop()
+        protocol = protocol_factory()
+        transport = UdpTransport(self.udp, protocol, loop, remote, allow_broadcast)
+        transport._open(port)
+        self._transports.add(transport)
+        return transport, protocol
+
+    # -- ICMP echo -----------------------------------------------------------
+
+    async def ping(self, host: str, *, data: bytes = b"", timeout: float = 1.0) -> float:
+        """Send one echo request; return the round-trip time in seconds.
+
+        Raises ``TimeoutError`` when no reply arrives within ``timeout``
+        seconds of this stack's clock.
+        """
+        if self._closed:
+            raise RuntimeError("stack is closed")
+        self.start()
+        dst = ipaddress.IPv4Address(host).packed
+        self._ping_sequence = (self._ping_sequence + 1) & 0xFFFF
+        sequence = self._ping_sequence
+        future: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        now = self.clock.monotonic_ns()
+        timer = self.clock.call_at(now + int(timeout * 1e9), lambda: self._ping_timeout(sequence))
+        self._pings[sequence] = (future, now, dst, timer)
+        self._transmit(self.icmp.echo_request(dst, self._ping_ident, sequence, data, now))
+        return await future
+
+    def _ping_timeout(self, sequence: int) -> None:
+        entry = self._pings.pop(sequence, None)
+        if entry is not None and not entry[0].done():
+            entry[0].set_exception(TimeoutError(f"no echo reply in time (sequence {sequence})"))
+
+    def _echo_reply(self, src: bytes, ident: int, sequence: int, data: memoryview, now: int) -> None:
+        if ident != self._ping_ident:
+            return
+        entry = self._pings.get(sequence)
+        if entry is None or entry[2] != src:
+            return
+        del self._pings[sequence]
+        future, sent_at, _, timer = entry
+        timer.cancel()
+        if not future.done():
+            future.set_result((now - sent_at) / 1e9)
+
+    # -- inspection ----------------------------------------------------------
+
+    def counters(self) -> dict[str, int]:
+        """Every counter: the stack's own and the device's (``netif.*``)."""
+        merged = dict(self.stats)
+        for key, value in self.netif.stats.items():
+            merged[f"netif.{key}"] = value
+        return merged
+
+
+def _mac_str(mac: bytes) -> str:
+    return ":".join(f"{b:02x}" for b in mac)

@@ -1,0 +1,115 @@
+"""Ethernet II frames (IEEE 802.3 with an EtherType, no FCS, no VLAN tag).
+
+Layout::
+
+    0      6      12     14
+    | dst  | src  | type | payload ...
+
+Frames shorter than 14 bytes are malformed. An EtherType below 0x0600 is an
+802.3 length field, well-formed but not something we handle
+(``unsupported_length_field``): 802.2 LLC frames are dropped and counted.
+Frames are not padded to 60 bytes on output; the tap and the kernel pad.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import struct
+
+from netstack.wire.errors import WireError
+
+HEADER_LEN = 14
+BROADCAST = b"\xff" * 6
+
+ETHERTYPE_IPV4 = 0x0800
+ETHERTYPE_ARP = 0x0806
+ETHERTYPE_IPV6 = 0x86DD
+
+_HEADER = struct.Struct("!6s6sH")
+
+
+class EthernetError(WireError):
+    layer = "ethernet"
+
+
+class EthernetFrame:
+    """A view over one Ethernet II frame."""
+
+    __slots__ = ("buffer",)
+
+    def __init__(self, buffer: bytes | bytearray | memoryview) -> None:
+        self.buffer = memoryview(buffer)
+
+    @classmethod
+    def new_checked(cls, buffer: bytes | bytearray | memoryview) -> EthernetFrame:
+        frame = cls(buffer)
+        if len(frame.buffer) < HEADER_LEN:
+            raise EthernetError("truncated", f"{len(frame.buffer)} bytes")
+        return frame
+
+    @property
+    def dst(self) -> bytes:
+        return bytes(self.buffer[0:6])
+
+    @dst.setter
+    def dst(self, value: bytes) -> None:
+        self.buffer[0:6] = value
+
+    @property
+    def src(self) -> bytes:
+        return bytes(self.buffer[6:12])
+
+    @src.setter
+    def src(self, value: bytes) -> None:
+        self.buffer[6:12] = value
+
+    @property
+    def ethertype(self) -> int:
+        return (self.buffer[12] << 8) | self.buffer[13]
+
+    @ethertype.setter
+    def ethertype(self, value: int) -> None:
+        self.buffer[12] = value >> 8
+        self.buffer[13] = value & 0xFF
+
+    @property
+    def payload(self) -> memoryview:
+        return self.buffer[HEADER_LEN:]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class EthernetRepr:
+    dst: bytes
+    src: bytes
+    ethertype: int
+
+    @classmethod
+    def parse(cls, frame: EthernetFrame) -> EthernetRepr:
+        dst, src, ethertype = _HEADER.unpack_from(frame.buffer)
+        if ethertype < 0x0600:
+            raise EthernetError("unsupported_length_field", f"type/length {ethertype}")
+        return cls(dst, src, ethertype)
+
+    def buffer_len(self) -> int:
+        """Header length; the frame is ``buffer_len() + len(payload)`` bytes."""
+        return HEADER_LEN
+
+    def emit(self, frame: EthernetFrame) -> None:
+        _HEADER.pack_into(frame.buffer, 0, self.dst, self.src, self.ethertype)
+
+
+def mac_to_str(mac: bytes) -> str:
+    return ":".join(f"{b:02x}" for b in mac)
+
+
+def mac_from_str(text: str) -> bytes:
+    """Parse ``aa:bb:cc:dd:ee:ff``; raises ``ValueError`` for anything else."""
+    parts = text.split(":")
+    # int(p, 16) alone would also take "+1", " f" and "-0".
+    if len(parts) != 6 or not all(len(p) == 2 and _is_hex(p) for p in parts):
+        raise ValueError(f"not a MAC address: {text!r}")
+    return bytes(int(p, 16) for p in parts)
+
+
+def _is_hex(text: str) -> bool:
+    return all(c in "0123456789abcdefABCDEF" for c in text)
