@@ -35,7 +35,8 @@ REPLY = bytes.fromhex(
 
 macs = st.binary(min_size=6, max_size=6)
 ips = st.binary(min_size=4, max_size=4)
-arp_reprs = st.builds(ArpRepr, st.sampled_from([OPERATION_REQUEST, OPERATION_REPLY]), macs, ips, macs, ips)
+operations = st.sampled_from([OPERATION_REQUEST, OPERATION_REPLY])
+arp_reprs = st.builds(ArpRepr, operations, macs, ips, macs, ips)
 
 
 def test_parse_request():

@@ -36,7 +36,8 @@ def test_parse_arp_frame():
     assert frame.src == bytes.fromhex("00070daff454")
     assert frame.ethertype == ETHERTYPE_ARP
     assert bytes(frame.payload) == ARP_FRAME[14:]
-    assert EthernetRepr.parse(frame) == EthernetRepr(BROADCAST, bytes.fromhex("00070daff454"), ETHERTYPE_ARP)
+    expected = EthernetRepr(BROADCAST, bytes.fromhex("00070daff454"), ETHERTYPE_ARP)
+    assert EthernetRepr.parse(frame) == expected
 
 
 def test_payload_is_a_view_not_a_copy():
@@ -48,7 +49,9 @@ def test_payload_is_a_view_not_a_copy():
 
 def test_emit_exact_bytes():
     repr_ = EthernetRepr(
-        dst=bytes.fromhex("020000000002"), src=bytes.fromhex("020000000001"), ethertype=ETHERTYPE_IPV4
+        dst=bytes.fromhex("020000000002"),
+        src=bytes.fromhex("020000000001"),
+        ethertype=ETHERTYPE_IPV4,
     )
     buf = bytearray(repr_.buffer_len() + 4)
     repr_.emit(EthernetFrame(buf))

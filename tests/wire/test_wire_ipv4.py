@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import dpkt
 import hypothesis.strategies as st
 import pytest
@@ -330,8 +332,12 @@ def test_ip_strings():
 
 @pytest.mark.parametrize(
     "text",
-    ["", "10.0.0", "10.0.0.2.1", "10.0.0.256", "10.0.0.02", "010.0.0.1", "10..0.1", "10.0.0.-1",
-     "10.0.0.+1", " 10.0.0.1", "10.0.0.1 ", "a.b.c.d", "10.0.0.0x1", "１.2.3.4", "10.0.0.1000", 167772162],
+    [
+        "", "10.0.0", "10.0.0.2.1", "10.0.0.256", "10.0.0.02", "010.0.0.1", "10..0.1",
+        "10.0.0.-1", "10.0.0.+1", " 10.0.0.1", "10.0.0.1 ", "a.b.c.d", "10.0.0.0x1",
+        "\uff11.2.3.4",  # FULLWIDTH DIGIT ONE: str.isdigit() alone would accept it
+        "10.0.0.1000", 167772162,
+    ],
 )
 def test_ip_from_str_rejects(text):
     with pytest.raises(ValueError):
@@ -378,12 +384,11 @@ raw_protocols = st.sampled_from([0, 2, 4, 41, 89, 132, 253, 254])
 
 @given(ipv4_reprs(max_payload=256), raw_protocols)
 def test_dpkt_parses_what_we_emit(repr_, protocol):
-    import dataclasses
-
     repr_ = dataclasses.replace(repr_, protocol=protocol)
     wire = bytes(emit(repr_))
     theirs = dpkt.ip.IP(wire)
-    assert (theirs.v, theirs.hl, theirs.tos, theirs.len) == (4, 5, repr_.dscp_ecn, 20 + repr_.payload_len)
+    assert (theirs.v, theirs.hl, theirs.tos) == (4, 5, repr_.dscp_ecn)
+    assert theirs.len == 20 + repr_.payload_len
     assert (theirs.id, theirs.ttl, theirs.p, theirs.src, theirs.dst) == (
         repr_.ident,
         repr_.ttl,
@@ -414,7 +419,9 @@ def test_dpkt_parses_what_we_emit(repr_, protocol):
     st.binary(max_size=10).map(lambda b: b + bytes(-len(b) % 4)),
     st.binary(max_size=128),
 )
-def test_we_parse_what_dpkt_builds(src, dst, protocol, tos, ident, ttl, df, mf, offset, opts, payload):
+def test_we_parse_what_dpkt_builds(
+    src, dst, protocol, tos, ident, ttl, df, mf, offset, opts, payload
+):
     assume(offset * 8 + len(payload) <= 65535)
     theirs = dpkt.ip.IP(
         src=src, dst=dst, p=protocol, tos=tos, id=ident, ttl=ttl, df=int(df), mf=int(mf),

@@ -202,7 +202,8 @@ def test_fill_checksum_agrees_with_emit(payload, src_ip, dst_ip):
     packet.checksum = 0x5555
     packet.fill_checksum(src_ip, dst_ip)
     assert bytes(buf) == expected
-    value = checksum.checksum(buf[:6] + b"\x00\x00" + buf[8:], checksum.pseudo_header_ipv4(src_ip, dst_ip, 17, len(buf)))
+    initial = checksum.pseudo_header_ipv4(src_ip, dst_ip, 17, len(buf))
+    value = checksum.checksum(buf[:6] + b"\x00\x00" + buf[8:], initial)
     assert packet.checksum == (value or 0xFFFF)
 
 
