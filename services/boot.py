@@ -22,7 +22,6 @@ from types import ModuleType
 from typing import Any, NoReturn
 
 from netstack.devices.faults import FaultConfig, FaultInjector
-from netstack.devices.pcap import PcapNetif
 from netstack.protocols import Clock, Netif
 
 EX_USAGE = 64
@@ -140,5 +139,8 @@ def open_netif(platform: ModuleType, args: argparse.Namespace, clock: Clock) -> 
     if args.faults is not None:
         netif = FaultInjector(netif, args.faults, clock=clock)
     if args.pcap:
+        # Imported here: dpkt costs a few MiB of RSS that most runs never need.
+        from netstack.devices.pcap import PcapNetif
+
         netif = PcapNetif(netif, args.pcap, clock=clock)
     return netif

@@ -16,7 +16,7 @@ import textwrap
 
 import pytest
 
-from netns import Namespace
+from platforms.unix.netns import REPOSITORY, Namespace
 
 ECHO = ["-m", "services.echo", "--platform", "unix", "--interface", "tap0",
         "--ipv4=10.0.0.2/24", "--ipv4-gateway=10.0.0.1"]
@@ -169,7 +169,7 @@ def test_missing_privileges_give_one_line_and_exit_1(netns: Namespace) -> None:
         pytest.skip("setpriv (util-linux) is not installed")
     # Root without CAP_NET_ADMIN: what an unprivileged user gets from TUNSETIFF.
     result = netns.run([setpriv, "--bounding-set=-net_admin", sys.executable, *ECHO], check=False,
-                       capture_output=True, text=True, timeout=30, cwd=str(__import__("netns").REPOSITORY))
+                       capture_output=True, text=True, timeout=30, cwd=str(REPOSITORY))
     assert result.returncode == 1, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "root" in lines[0], result.stderr
@@ -183,7 +183,7 @@ def test_missing_privileges_give_one_line_and_exit_1(netns: Namespace) -> None:
 )
 def test_bad_arguments_exit_64_with_a_usage_line(argument: str) -> None:
     result = subprocess.run([sys.executable, *ECHO, argument], capture_output=True, text=True, timeout=30,
-                            cwd=str(__import__("netns").REPOSITORY))
+                            cwd=str(REPOSITORY))
     assert result.returncode == 64, result.stderr
     assert result.stderr.startswith("usage: python -m services.echo")
     assert "error:" in result.stderr

@@ -22,7 +22,7 @@ import time
 import pytest
 
 import platforms.unix as unix
-from netns import REPOSITORY, Namespace, TapNamespace
+from platforms.unix.netns import REPOSITORY, Namespace, TapNamespace
 from netstack.protocols import Netif, Offload, PlatformError
 from platforms.unix.tap import TapNetif
 
@@ -330,7 +330,7 @@ def test_the_tap_netns_fixture(tap_netns: TapNamespace) -> None:
 
 
 def test_a_namespace_stops_what_it_started_and_disappears() -> None:
-    from netns import unavailable_reason
+    from platforms.unix.netns import unavailable_reason
 
     if (reason := unavailable_reason()) is not None:
         pytest.skip(reason)

@@ -28,7 +28,7 @@ def test_rfc1071_example():
 
 def test_known_ipv4_header():
     # A real header (Wikipedia, "IPv4 header checksum"): checksum b861.
-    header = bytearray.fromhex("450000730000400040 11b861c0a80001c0a800c7".replace(" ", ""))
+    header = bytearray.fromhex("45000073" "00004000" "4011b861" "c0a80001" "c0a800c7")
     assert checksum.is_valid(header)
     header[10:12] = b"\x00\x00"
     assert checksum.checksum(header) == 0xB861

@@ -219,6 +219,6 @@ def test_only_declared_errors():
     elapsed = time.monotonic() - started
     # The fuzz must reach every layer, succeed there, and produce every declared error.
     expected = {"arp", "icmp", "udp", "fragment", "other_ethertype", "other_protocol"}
-    expected |= {f"{error.layer}.{reason}" for error, reasons in DECLARED.items() for reason in reasons}
+    expected |= {f"{error.layer}.{r}" for error, reasons in DECLARED.items() for r in reasons}
     assert expected <= set(outcomes), (expected - set(outcomes), outcomes)
     assert elapsed < 20, elapsed

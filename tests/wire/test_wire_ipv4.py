@@ -31,7 +31,7 @@ PING = bytes.fromhex(
 )
 
 # The header from Wikipedia's "IPv4 header checksum" example, UDP, 115 bytes.
-WIKIPEDIA_HEADER = bytes.fromhex("4500007300004000 4011b861c0a80001c0a800c7".replace(" ", ""))
+WIKIPEDIA_HEADER = bytes.fromhex("45000073" "00004000" "4011b861" "c0a80001" "c0a800c7")
 
 # An IGMPv2 membership report for 224.0.0.251: IHL 6 with the Router Alert
 # option (RFC 2113: 94 04 00 00), TOS 0xc0, TTL 1.
@@ -99,6 +99,7 @@ def test_parse_ping():
 
 def test_emit_ping_header_exactly():
     repr_ = Ipv4Repr.parse(Ipv4Packet.new_checked(PING))
+    assert repr_.buffer_len() == HEADER_LEN
     buf = emit(repr_, PING[20:])
     assert bytes(buf) == PING
 

@@ -1,9 +1,11 @@
-"""Network namespaces for tests that touch a tap or send packets.
+"""Network namespaces for tests and benchmarks that touch a tap or send packets.
 
-Every such test runs inside a namespace of its own (DESIGN.md): nothing it
-sends can reach a real network, and deleting the namespace removes every
-interface in it. ``tests/conftest.py`` turns these helpers into the fixtures
-``netns`` and ``tap_netns``.
+Every such test or benchmark runs inside a namespace of its own (DESIGN.md):
+nothing it sends can reach a real network, and deleting the namespace removes
+every interface in it. ``tests/conftest.py`` turns these helpers into the
+fixtures ``netns`` and ``tap_netns``; ``benchmarks/`` uses them directly. It
+lives with the unix platform because namespaces are a Linux facility; nothing
+in the stack or the services imports it.
 
 A ``Namespace`` has two ways in:
 
@@ -40,7 +42,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-REPOSITORY = Path(__file__).resolve().parent.parent
+REPOSITORY = Path(__file__).resolve().parent.parent.parent
 CLONE_NEWNET = 0x40000000
 TUN_DEVICE = "/dev/net/tun"
 
