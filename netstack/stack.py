@@ -40,10 +40,13 @@ from netstack.arp import ArpConfig, ArpCore
 from netstack.icmp import IcmpConfig, Icmpv4
 from netstack.ipv4 import Ipv4, Ipv4Config
 from netstack.protocols import Clock, FrameBatch, Netif, TimerHandle
+from netstack.tcp.connection import TcpConfig
+from netstack.tcp.layer import TcpLayer, TcpLayerConfig
+from netstack.tcp.transport import TcpServer, TcpTransport
 from netstack.udp import Udp, UdpTransport, _pack_address
 from netstack.wire.errors import WireError
 from netstack.wire.ethernet import ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_IPV6, HEADER_LEN as ETHERNET_HEADER_LEN
-from netstack.wire.ipv4 import PROTOCOL_ICMP, PROTOCOL_UDP
+from netstack.wire.ipv4 import PROTOCOL_ICMP, PROTOCOL_TCP, PROTOCOL_UDP
 
 log = logging.getLogger("netstack.stack")
 
@@ -71,6 +74,7 @@ class Stack:
         arp_config: ArpConfig | None = None,
         icmp_config: IcmpConfig | None = None,
         ipv4_config: dict[str, Any] | None = None,
+        tcp_config: TcpLayerConfig | None = None,
     ) -> None:
         self.netif = netif
         self.clock = clock
@@ -85,6 +89,7 @@ class Stack:
         )
         self.icmp = Icmpv4(self.ipv4, icmp_config, self.stats)
         self.udp = Udp(self.ipv4, self.icmp, self._transmit, clock.monotonic_ns, self.stats)
+        self.tcp = TcpLayer(self.ipv4, tcp_config, self.stats)
         self.icmp.unreachable_handler = self.udp.unreachable
         self.icmp.echo_reply_handler = self._echo_reply
         self._mac = netif.mac
@@ -96,6 +101,7 @@ class Stack:
         self._ping_sequence = 0
         self._pings: dict[int, tuple[asyncio.Future[float], int, bytes, TimerHandle]] = {}
         self._transports: weakref.WeakSet[UdpTransport] = weakref.WeakSet()
+        self._flush_scheduled = False
 
     # -- life cycle ----------------------------------------------------------
 
@@ -154,7 +160,9 @@ class Stack:
                     if datagram is None:
                         continue
                     protocol = datagram.protocol
-                    if protocol == PROTOCOL_UDP:
+                    if protocol == PROTOCOL_TCP:
+                        out += self.tcp.handle(datagram, now)
+                    elif protocol == PROTOCOL_UDP:
                         out += self.udp.handle(datagram, now)
                     elif protocol == PROTOCOL_ICMP:
                         out += self.icmp.handle(datagram, now)
@@ -170,8 +178,24 @@ class Stack:
                     stats["ethernet.unknown_ethertype"] += 1
             except WireError as error:
                 stats[error.counter] += 1
+        out += self.tcp.flush(now)
         if out:
             self._transmit(out)
+        self._arm()
+
+    def schedule_flush(self) -> None:
+        """Flush TCP output once at the end of this loop iteration (many writes, one pass)."""
+        if not self._flush_scheduled and not self._closed:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self._closed:
+            return
+        frames = self.tcp.flush(self.clock.monotonic_ns())
+        if frames:
+            self._transmit(frames)
         self._arm()
 
     # -- the send path -------------------------------------------------------
@@ -193,9 +217,9 @@ class Stack:
     def poll_at(self) -> int | None:
         """The earliest deadline any core reports."""
         deadline = self.arp.poll_at()
-        other = self.ipv4.poll_at()
-        if other is not None and (deadline is None or other < deadline):
-            deadline = other
+        for other in (self.ipv4.poll_at(), self.tcp.poll_at()):
+            if other is not None and (deadline is None or other < deadline):
+                deadline = other
         return deadline
 
     def _arm(self) -> None:
@@ -218,6 +242,8 @@ class Stack:
         out = self.arp.poll(now)
         for quote in self.ipv4.poll(now):
             out += self.icmp.reassembly_time_exceeded(quote, now)
+        self.tcp.poll(now)
+        out += self.tcp.flush(now)
         if out:
             self._transmit(out)
         self._arm()
@@ -250,6 +276,115 @@ class Stack:
         transport._open(port)
         self._transports.add(transport)
         return transport, protocol
+
+    # -- TCP -----------------------------------------------------------------
+
+    def _check_host(self, host: str | None) -> None:
+        if host not in (None, "", "0.0.0.0") and ipaddress.IPv4Address(host) != self.address:
+            raise OSError(99, f"cannot assign requested address {host}")  # EADDRNOTAVAIL
+
+    async def create_server(
+        self,
+        protocol_factory: Callable[[], asyncio.BaseProtocol],
+        host: str | None = None,
+        port: int | None = None,
+        *,
+        backlog: int = 128,
+        start_serving: bool = True,
+        **_ignored: Any,
+    ) -> TcpServer:
+        """As ``loop.create_server``, over this stack (one address, IPv4)."""
+        if self._closed:
+            raise RuntimeError("stack is closed")
+        self.start()
+        self._check_host(host)
+        if port is None or not isinstance(port, int) or not 0 <= port <= 65535:
+            raise ValueError(f"invalid port {port!r}")
+        if port == 0:
+            port = self.tcp.ephemeral_port(b"\0\0\0\0", 0)
+        server = TcpServer(self, port, protocol_factory, backlog, asyncio.get_running_loop())
+        if start_serving:
+            await server.start_serving()
+        return server
+
+    async def create_connection(
+        self,
+        protocol_factory: Callable[[], asyncio.BaseProtocol],
+        host: str,
+        port: int,
+        *,
+        local_addr: tuple[str, int] | None = None,
+        **_ignored: Any,
+    ) -> tuple[TcpTransport, asyncio.BaseProtocol]:
+        """As ``loop.create_connection``: returns once the handshake completed.
+
+        Raises ``ConnectionRefusedError`` on RST and ``TimeoutError`` when
+        the SYN retries are exhausted.
+        """
+        if self._closed:
+            raise RuntimeError("stack is closed")
+        self.start()
+        remote_ip, remote_port = _pack_address((host, port))
+        local_port = 0
+        if local_addr is not None:
+            self._check_host(local_addr[0])
+            local_port = local_addr[1]
+        loop = asyncio.get_running_loop()
+        opened: asyncio.Future[None] = loop.create_future()
+
+        class _Opening:
+            def connection_events(self, events: list[str]) -> None:
+                if opened.done():
+                    return
+                if "connected" in events:
+                    opened.set_result(None)
+                elif "closed" in events:
+                    opened.set_exception(connection.error or ConnectionError("connection failed"))
+
+        connection = self.tcp.connect(remote_ip, remote_port, _Opening(), self.clock.monotonic_ns(), local_port=local_port)
+        self.tcp.kick(connection)
+        self.schedule_flush()
+        try:
+            await opened
+        except asyncio.CancelledError:
+            connection.abort(self.clock.monotonic_ns())
+            self.tcp.kick(connection)
+            self.schedule_flush()
+            raise
+        protocol = protocol_factory()
+        transport = TcpTransport(self, connection, protocol, loop)
+        self.tcp.owners[connection] = transport
+        transport._start()
+        return transport, protocol
+
+    async def start_server(
+        self,
+        client_connected_cb: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Any],
+        host: str | None = None,
+        port: int | None = None,
+        *,
+        limit: int = 2**16,
+        **kwds: Any,
+    ) -> TcpServer:
+        """As ``asyncio.start_server``, over this stack."""
+        loop = asyncio.get_running_loop()
+
+        def factory() -> asyncio.StreamReaderProtocol:
+            reader = asyncio.StreamReader(limit=limit, loop=loop)
+            return asyncio.StreamReaderProtocol(reader, client_connected_cb, loop=loop)
+
+        return await self.create_server(factory, host, port, **kwds)
+
+    async def open_connection(
+        self, host: str, port: int, *, limit: int = 2**16, **kwds: Any
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """As ``asyncio.open_connection``, over this stack."""
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=limit, loop=loop)
+        protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+        transport, _ = await self.create_connection(lambda: protocol, host, port, **kwds)
+        writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+        return reader, writer
 
     # -- ICMP echo -----------------------------------------------------------
 

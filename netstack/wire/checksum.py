@@ -1,4 +1,4 @@
-"""The Internet checksum (RFC 1071) and the IPv4 pseudo-header sum.
+"""The Internet checksum (RFC 1071) and the IPv4 and IPv6 pseudo-header sums.
 
 The one's-complement sum is computed by ``int.from_bytes`` over the whole
 buffer and folded, which runs at C speed for any length: summing a big
@@ -56,6 +56,17 @@ def checksum(data: bytes | bytearray | memoryview, initial: int = 0) -> int:
 def pseudo_header_ipv4(src: bytes, dst: bytes, protocol: int, length: int) -> int:
     """One's-complement sum of the IPv4 pseudo-header (RFC 768, RFC 9293 3.1)."""
     return sum16(src + dst + bytes((0, protocol)) + length.to_bytes(2, "big"))
+
+
+def pseudo_header_ipv6(src: bytes, dst: bytes, next_header: int, length: int) -> int:
+    """One's-complement sum of the IPv6 pseudo-header (RFC 8200 8.1).
+
+    Source and destination addresses (16 bytes each), the "Upper-Layer
+    Packet Length" as 32 bits, three zero bytes and the Next Header value of
+    the upper-layer protocol (6 for TCP, 17 for UDP, 58 for ICMPv6). The
+    length is 32 bits wide so that jumbograms (RFC 2675) fit.
+    """
+    return sum16(src + dst + length.to_bytes(4, "big") + bytes((0, 0, 0, next_header)))
 
 
 def is_valid(data: bytes | bytearray | memoryview, initial: int = 0) -> bool:

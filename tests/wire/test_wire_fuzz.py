@@ -4,13 +4,18 @@
 overwrites, truncation, extension, length-field edits, splices, with the
 IPv4 and transport checksums sometimes repaired so that mutations reach the
 inner layers) and wholly random bytes, fed through Ethernet -> ARP or IPv4
--> ICMP or UDP, with checksum verification on or off. Every accessor of
+-> ICMP, UDP or TCP, with checksum verification on or off. Every accessor of
 every view that ``new_checked`` accepted is read, since none may fail.
+
+The TCP section at the end also fuzzes bare segments, aiming at the header
+length and the options, and checks that whatever parses can be emitted
+again.
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import random
 import time
 
@@ -24,7 +29,15 @@ from netstack.wire.ethernet import (
     EthernetRepr,
 )
 from netstack.wire.icmpv4 import Icmpv4Error, Icmpv4Packet, Icmpv4Repr
-from netstack.wire.ipv4 import PROTOCOL_ICMP, PROTOCOL_UDP, Ipv4Error, Ipv4Packet, Ipv4Repr
+from netstack.wire.ipv4 import (
+    PROTOCOL_ICMP,
+    PROTOCOL_TCP,
+    PROTOCOL_UDP,
+    Ipv4Error,
+    Ipv4Packet,
+    Ipv4Repr,
+)
+from netstack.wire.tcp import TcpError, TcpPacket, TcpRepr, parse_options
 from netstack.wire.udp import UdpError, UdpPacket, UdpRepr
 
 DECLARED = {
@@ -46,6 +59,7 @@ DECLARED = {
     },
     Icmpv4Error: {"truncated", "bad_checksum"},
     UdpError: {"truncated", "bad_length", "bad_checksum", "bad_port"},
+    TcpError: {"truncated", "bad_header_length", "bad_checksum", "bad_port", "bad_option"},
 }
 
 _ETH_IP = "020000000002" "020000000001" "0800"
@@ -81,6 +95,17 @@ SEEDS = [
     ),
     # A middle fragment (MF, offset 1480) of an ICMP datagram.
     bytes.fromhex(_ETH_IP + "4500003c123420b9400133d20a0000010a000002") + bytes(range(40)),
+    # Linux's SYN: MSS, SACK-permitted + timestamps, NOP + window scale.
+    bytes.fromhex(
+        _ETH_IP + "4500003c62f340004006c3c60a0000010a000002"
+        "b8c00050c2d006c800000000a002faf026350000020405b40402080abbe5d445000000000103030a"
+    ),
+    # Linux sending data: NOP NOP timestamps, NOP NOP SACK, 13 bytes.
+    bytes.fromhex(
+        _ETH_IP + "4500004d596540004006cd430a0000010a000002"
+        "1f909c4013cb690c000010c9b01800402d6800000101080a291f1b60000003ec0101050a0000112d00001191"
+    )
+    + b"hello, world\n",
 ]
 
 
@@ -108,6 +133,10 @@ def _fix_checksums(buf: bytearray) -> None:
             initial = checksum.pseudo_header_ipv4(bytes(buf[26:30]), bytes(buf[30:34]), 17, length)
             value = checksum.checksum(buf[body : body + length], initial) or 0xFFFF
             buf[body + 6 : body + 8] = value.to_bytes(2, "big")
+    elif buf[23] == PROTOCOL_TCP and end - body >= 18:
+        buf[body + 16 : body + 18] = b"\x00\x00"
+        initial = checksum.pseudo_header_ipv4(bytes(buf[26:30]), bytes(buf[30:34]), 6, end - body)
+        buf[body + 16 : body + 18] = checksum.checksum(buf[body:end], initial).to_bytes(2, "big")
 
 
 def mutate(rng: random.Random) -> bytes:
@@ -159,6 +188,8 @@ _IPV4_FIELDS = ("version", "header_len", "dscp_ecn", "total_length", "ident", "d
                 "options", "payload")
 _ICMP_FIELDS = ("type", "code", "checksum", "rest", "ident", "sequence", "data")
 _UDP_FIELDS = ("src_port", "dst_port", "length", "checksum", "payload")
+_TCP_FIELDS = ("src_port", "dst_port", "seq", "ack", "header_len", "flags", "window", "checksum",
+               "urgent", "options", "payload")
 
 
 def parse_chain(data: bytes, verify: bool) -> str:
@@ -191,12 +222,20 @@ def parse_chain(data: bytes, verify: bool) -> str:
         udp.verify_checksum(ip_repr.src, ip_repr.dst)
         UdpRepr.parse(udp, ip_repr.src, ip_repr.dst, verify_checksum=verify)
         return "udp"
+    if ip_repr.protocol == PROTOCOL_TCP:
+        tcp = TcpPacket.new_checked(ip.payload)
+        _touch(tcp, _TCP_FIELDS)
+        length = len(tcp.buffer)
+        pseudo_sum = checksum.pseudo_header_ipv4(ip_repr.src, ip_repr.dst, PROTOCOL_TCP, length)
+        tcp.verify_checksum(pseudo_sum)
+        TcpRepr.parse(tcp, pseudo_sum if verify else None)
+        return "tcp"
     return "other_protocol"
 
 
 def test_seeds_parse():
     outcomes = [parse_chain(seed, True) for seed in SEEDS]
-    assert outcomes == ["arp", "icmp", "udp", "other_protocol", "icmp", "fragment"]
+    assert outcomes == ["arp", "icmp", "udp", "other_protocol", "icmp", "fragment", "tcp", "tcp"]
 
 
 def test_only_declared_errors():
@@ -218,7 +257,131 @@ def test_only_declared_errors():
             ) from error
     elapsed = time.monotonic() - started
     # The fuzz must reach every layer, succeed there, and produce every declared error.
-    expected = {"arp", "icmp", "udp", "fragment", "other_ethertype", "other_protocol"}
+    expected = {"arp", "icmp", "udp", "tcp", "fragment", "other_ethertype", "other_protocol"}
     expected |= {f"{error.layer}.{r}" for error, reasons in DECLARED.items() for r in reasons}
+    assert expected <= set(outcomes), (expected - set(outcomes), outcomes)
+    assert elapsed < 20, elapsed
+
+
+# -- TCP: bare segments, aimed at the header length and the options -----------------
+
+_TCP_SEEDS = [
+    SEEDS[6][34:],  # Linux's SYN
+    SEEDS[7][34:],  # Linux sending data with timestamps and SACK
+    # A Linux duplicate ACK with two SACK blocks.
+    bytes.fromhex(
+        "1f909c4013cb690c00001001d010004037560000"
+        "0101080a291f1b60000003e9010105120000112d0000119100001065000010c9"
+    ),
+    # A bare ACK, no options.
+    bytes.fromhex("1f909c4013cb690c000010c95010004052210000"),
+]
+_OPTION_BYTE_VALUES = (0, 1, 2, 3, 4, 5, 8, 10, 12, 18, 26, 34, 0x0F, 0x1E, 0xFE, 0xFF)
+_TCP_SRC = bytes([10, 0, 0, 1])
+_TCP_DST = bytes([10, 0, 0, 2])
+
+
+def _tcp_pseudo_sum(length: int) -> int:
+    return checksum.pseudo_header_ipv4(_TCP_SRC, _TCP_DST, PROTOCOL_TCP, length)
+
+
+def mutate_tcp(rng: random.Random) -> bytes:
+    if rng.random() < 0.05:
+        return rng.randbytes(rng.randrange(0, 80))
+    buf = bytearray(rng.choice(_TCP_SEEDS))
+    for _ in range(rng.randrange(1, 4)):
+        kind = rng.randrange(6)
+        if kind == 0 and buf:  # bit flips
+            for _ in range(rng.randrange(1, 5)):
+                bit = rng.randrange(len(buf) * 8)
+                buf[bit >> 3] ^= 1 << (bit & 7)
+        elif kind == 1 and len(buf) > 20:  # option kinds and lengths
+            for _ in range(rng.randrange(1, 5)):
+                offset = rng.randrange(20, min(len(buf), 60))
+                if rng.random() < 0.7:
+                    buf[offset] = rng.choice(_OPTION_BYTE_VALUES)
+                else:
+                    buf[offset] = rng.randrange(256)
+        elif kind == 2 and len(buf) > 12:  # data offset, sometimes with the reserved bits
+            buf[12] = (rng.randrange(16) << 4) | (rng.randrange(16) if rng.random() < 0.2 else 0)
+        elif kind == 3:  # truncate
+            del buf[rng.randrange(0, len(buf) + 1) :]
+        elif kind == 4:  # extend: more options or payload
+            buf += rng.randbytes(rng.randrange(1, 32))
+        elif kind == 5 and len(buf) >= 4:  # a zero port
+            offset = rng.choice((0, 2))
+            buf[offset : offset + 2] = b"\x00\x00"
+    if rng.random() < 0.7 and len(buf) >= 18:
+        buf[16:18] = b"\x00\x00"
+        buf[16:18] = checksum.checksum(buf, _tcp_pseudo_sum(len(buf))).to_bytes(2, "big")
+    return bytes(buf)
+
+
+def parse_segment(data: bytes, verify: bool) -> TcpRepr:
+    tcp = TcpPacket.new_checked(data)
+    _touch(tcp, _TCP_FIELDS)
+    pseudo_sum = _tcp_pseudo_sum(len(data))
+    tcp.verify_checksum(pseudo_sum)
+    return TcpRepr.parse(tcp, pseudo_sum if verify else None)
+
+
+def _emit_again(repr_: TcpRepr, payload: memoryview) -> bytes:
+    header_len = repr_.buffer_len()
+    buf = bytearray(header_len + len(payload))
+    buf[header_len:] = payload
+    repr_.emit(TcpPacket(buf), len(payload), _tcp_pseudo_sum(len(buf)))
+    return bytes(buf)
+
+
+def test_tcp_seeds_parse():
+    for seed in _TCP_SEEDS:
+        parse_segment(seed, True)
+
+
+def test_tcp_segments_only_declared_errors():
+    rng = random.Random(0x7C9)
+    outcomes: collections.Counter[str] = collections.Counter()
+    started = time.monotonic()
+    for _ in range(50_000):
+        data = mutate_tcp(rng)
+        verify = rng.random() < 0.7
+        try:
+            repr_ = parse_segment(data, verify)
+        except TcpError as error:
+            assert error.reason in DECLARED[TcpError], repr(error)
+            outcomes[error.counter] += 1
+            continue
+        except Exception as error:  # pragma: no cover - the failure we look for
+            raise AssertionError(
+                f"{type(error).__name__}: {error} for segment {data.hex()} verify={verify}"
+            ) from error
+        options = repr_.options
+        outcomes["tcp"] += 1
+        outcomes.update(
+            name for name in ("mss", "window_scale", "sack_permitted", "sack_blocks", "timestamp")
+            if getattr(options, name) not in (None, False, ())
+        )
+        # Whatever parses can be sent again and reads back the same, except
+        # that emit writes only the SACK blocks that fit beside the rest.
+        again = parse_segment(_emit_again(repr_, TcpPacket(data).payload), True)
+        kept = again.options.sack_blocks
+        assert kept == options.sack_blocks[: len(kept)]
+        assert len(kept) >= min(len(options.sack_blocks), 2)
+        expected = dataclasses.replace(options, sack_blocks=kept)
+        assert again == dataclasses.replace(repr_, options=expected)
+    # Random option areas: parse_options raises bad_option or nothing.
+    for _ in range(20_000):
+        area = rng.randbytes(rng.randrange(0, 44))
+        try:
+            parse_options(area)
+        except TcpError as error:
+            assert error.reason == "bad_option", repr(error)
+            outcomes["random_options.bad_option"] += 1
+        else:
+            outcomes["random_options"] += 1
+    elapsed = time.monotonic() - started
+    expected = {"tcp", "mss", "window_scale", "sack_permitted", "sack_blocks", "timestamp"}
+    expected |= {"random_options", "random_options.bad_option"}
+    expected |= {f"tcp.{reason}" for reason in DECLARED[TcpError]}
     assert expected <= set(outcomes), (expected - set(outcomes), outcomes)
     assert elapsed < 20, elapsed

@@ -1,0 +1,358 @@
+"""The measuring clients, and parsers for the output of the tools we drive.
+
+The clients run *inside* a benchmark's client namespace, as
+``python -m benchmarks.clients COMMAND ...`` (``topology.run_client``), and
+print one JSON line with their samples. They are deliberately small and
+identical for every target: a blocking kernel socket, one request at a
+time, ``time.perf_counter_ns`` around each exchange. Whatever they cost is
+the same constant for every target, so the ratios stay honest.
+
+Every loop is bounded twice, by a count and by a deadline, and every
+receive has a timeout: a target that stops answering ends the run with
+what was measured instead of hanging it.
+
+Commands::
+
+    udp-rtt         sequential UDP request/replies (64-byte payload)
+    http-keepalive  sequential GET / on one open TCP connection
+    curl-loop       one fresh `curl` per sample: connect, GET /, response, close
+    boot-poll       ICMP and UDP probes every millisecond until first answers
+    tcp-bulk        send to a discard port or receive from a source port
+
+The parsers (``parse_ping``, ``parse_wrk``, ``parse_curl_line``) are pure
+functions, tested without a network.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import select
+import socket
+import struct
+import subprocess
+import sys
+import time
+from typing import Any
+
+# -- parsers ----------------------------------------------------------------------------
+
+_PING_TIME = re.compile(r"icmp_seq=(\d+).*?\btime[=<]\s*([\d.]+)\s*ms(.*)$")
+_PING_LOSS = re.compile(r"(\d+) packets transmitted, (\d+) received")
+
+PING_RESOLUTION = (
+    "iputils ping prints 3 decimals below 1 ms (1 µs resolution), 2 below 10 ms, 1 below 100 ms; "
+    "it times the reply by the kernel's receive timestamp (SO_TIMESTAMP), so its own wake-up is excluded"
+)
+
+
+def parse_ping(output: str) -> dict[str, Any]:
+    """Round-trip times in ms from iputils ``ping`` output, duplicates (``DUP!``) left out.
+
+    Returns ``{"times_ms": [...], "transmitted": n, "received": n,
+    "duplicates": n}``; counts are ``None`` without the summary line.
+    """
+    times: list[float] = []
+    seen: set[int] = set()
+    duplicates = 0
+    for line in output.splitlines():
+        match = _PING_TIME.search(line)
+        if match is None:
+            continue
+        sequence = int(match.group(1))
+        if "DUP!" in match.group(3) or sequence in seen:
+            duplicates += 1
+            continue
+        seen.add(sequence)
+        times.append(float(match.group(2)))
+    summary = _PING_LOSS.search(output)
+    return {
+        "times_ms": times,
+        "transmitted": int(summary.group(1)) if summary else None,
+        "received": int(summary.group(2)) if summary else None,
+        "duplicates": duplicates,
+    }
+
+
+_WRK_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
+_WRK_PERCENTILE = re.compile(r"^\s*(50|75|90|99)(?:\.0+)?%\s+([\d.]+)(us|ms|s|m)\s*$", re.MULTILINE)
+_WRK_RATE = re.compile(r"^Requests/sec:\s*([\d.]+)", re.MULTILINE)
+_WRK_REQUESTS = re.compile(r"^\s*(\d+) requests in ([\d.]+)(us|ms|s|m)", re.MULTILINE)
+_WRK_ERRORS = re.compile(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)")
+_WRK_NON_2XX = re.compile(r"Non-2xx or 3xx responses: (\d+)")
+
+
+def parse_wrk(output: str) -> dict[str, Any]:
+    """Requests/s, request count, latency percentiles (ms) and errors from ``wrk --latency``.
+
+    Raises ``ValueError`` when the output has no ``Requests/sec`` line.
+    """
+    rate = _WRK_RATE.search(output)
+    if rate is None:
+        raise ValueError(f"no Requests/sec in wrk output: {output.strip()[-500:]!r}")
+    latency = {f"p{match.group(1)}": float(match.group(2)) * _WRK_UNITS[match.group(3)]
+               for match in _WRK_PERCENTILE.finditer(output)}
+    requests = _WRK_REQUESTS.search(output)
+    errors = _WRK_ERRORS.search(output)
+    non_2xx = _WRK_NON_2XX.search(output)
+    return {
+        "requests_per_second": float(rate.group(1)),
+        "requests": int(requests.group(1)) if requests else None,
+        "latency_ms": latency,
+        "socket_errors": sum(int(value) for value in errors.groups()) if errors else 0,
+        "non_2xx": int(non_2xx.group(1)) if non_2xx else 0,
+    }
+
+
+def parse_curl_line(line: str) -> tuple[int, float]:
+    """``"200 0.000812"`` (``-w '%{http_code} %{time_total}'``) -> (status, seconds)."""
+    status, seconds = line.split()
+    return int(status), float(seconds)
+
+
+# -- clients ----------------------------------------------------------------------------
+
+
+def udp_rtt(host: str, port: int, count: int, warmup: int, size: int, deadline: float) -> dict[str, Any]:
+    """Sequential request/replies; a reply that is late or for another request counts as lost."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.connect((host, port))
+    sock.settimeout(0.5)
+    padding = os.urandom(max(0, size - 8))
+    samples: list[int] = []
+    lost = 0
+    end = time.monotonic() + deadline
+    for number in range(warmup + count):
+        if time.monotonic() > end:
+            break
+        payload = number.to_bytes(8, "big") + padding
+        started = time.perf_counter_ns()
+        sock.send(payload)
+        try:
+            while True:
+                reply = sock.recv(65536)
+                if reply == payload:
+                    break
+        except (TimeoutError, ConnectionRefusedError):
+            lost += number >= warmup
+            continue
+        elapsed = time.perf_counter_ns() - started
+        if number >= warmup:
+            samples.append(elapsed)
+    sock.close()
+    return {"samples_ns": samples, "lost": lost}
+
+
+def _read_response(sock: socket.socket, buffer: bytearray) -> int:
+    """Read one HTTP/1.1 response with ``Content-Length`` from ``sock``; its status code."""
+    while (end := buffer.find(b"\r\n\r\n")) < 0:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("server closed the connection mid-run")
+        buffer += chunk
+    head = bytes(buffer[:end]).decode("latin-1")
+    length_match = re.search(r"(?im)^content-length:\s*(\d+)\s*$", head)
+    if length_match is None:
+        raise ValueError(f"response without Content-Length: {head!r}")
+    total = end + 4 + int(length_match.group(1))
+    while len(buffer) < total:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("server closed the connection mid-response")
+        buffer += chunk
+    del buffer[:total]
+    return int(head[9:12])
+
+
+def http_keepalive(host: str, port: int, count: int, warmup: int, deadline: float) -> dict[str, Any]:
+    """Sequential ``GET /`` on one connection; fails loudly if the server closes it."""
+    request = f"GET / HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: netstack-bench\r\n\r\n".encode()
+    sock = socket.create_connection((host, port), timeout=5)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    buffer = bytearray()
+    samples: list[int] = []
+    statuses: dict[int, int] = {}
+    end = time.monotonic() + deadline
+    for number in range(warmup + count):
+        if time.monotonic() > end:
+            break
+        started = time.perf_counter_ns()
+        sock.sendall(request)
+        status = _read_response(sock, buffer)
+        elapsed = time.perf_counter_ns() - started
+        statuses[status] = statuses.get(status, 0) + 1
+        if number >= warmup:
+            samples.append(elapsed)
+    sock.close()
+    return {"samples_ns": samples, "statuses": statuses}
+
+
+def curl_loop(url: str, count: int, deadline: float) -> dict[str, Any]:
+    """One ``curl`` process per sample; ``time_total`` as the user sees it."""
+    samples: list[float] = []
+    failures: list[str] = []
+    end = time.monotonic() + deadline
+    for _ in range(count):
+        if time.monotonic() > end:
+            break
+        done = subprocess.run(["curl", "-sS", "-o", "/dev/null", "--max-time", "5",
+                               "-w", "%{http_code} %{time_total}\\n", url],
+                              capture_output=True, text=True, timeout=10)
+        try:
+            status, seconds = parse_curl_line(done.stdout)
+        except ValueError:
+            failures.append((done.stderr or done.stdout).strip()[:200])
+            continue
+        if done.returncode != 0 or status != 200:
+            failures.append(f"status {status}, exit {done.returncode}")
+            continue
+        samples.append(seconds)
+    return {"samples_s": samples, "failures": failures}
+
+
+def _icmp_echo(identifier: int, sequence: int) -> bytes:
+    header = struct.pack("!BBHHH", 8, 0, 0, identifier, sequence)
+    payload = b"netstack-boot-poll"
+    total = 0
+    data = header + payload
+    for index in range(0, len(data), 2):
+        total += (data[index] << 8) + (data[index + 1] if index + 1 < len(data) else 0)
+    total = (total >> 16) + (total & 0xFFFF)
+    total += total >> 16
+    return struct.pack("!BBHHH", 8, 0, ~total & 0xFFFF, identifier, sequence) + payload
+
+
+def boot_poll(host: str, udp_port: int, icmp: bool, timeout: float) -> dict[str, Any]:
+    """Probe every millisecond until each probe kind is answered once; monotonic times.
+
+    Prints ``polling`` first so that the benchmark starts the server only
+    once this process is ready. Send errors (no route before the tap
+    exists, port unreachable before the server binds) are expected and
+    ignored; ``CLOCK_MONOTONIC`` is shared by every process, so the
+    benchmark subtracts its own start time.
+    """
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.setblocking(False)
+    icmp_socket = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP) if icmp else None
+    if icmp_socket is not None:
+        icmp_socket.setblocking(False)
+    identifier = os.getpid() & 0xFFFF
+    answered: dict[str, int | None] = {"udp_ns": None, "icmp_ns": None if icmp else -1}
+    print("polling", flush=True)
+    end = time.monotonic() + timeout
+    sequence = 0
+    while time.monotonic() < end and None in answered.values():
+        sequence = (sequence + 1) & 0xFFFF
+        try:
+            if answered["udp_ns"] is None:
+                udp.sendto(b"boot-poll", (host, udp_port))
+        except OSError:
+            pass
+        try:
+            if icmp_socket is not None and answered["icmp_ns"] is None:
+                icmp_socket.sendto(_icmp_echo(identifier, sequence), (host, 0))
+        except OSError:
+            pass
+        readable, _, _ = select.select([udp] + ([icmp_socket] if icmp_socket else []), [], [], 0.001)
+        for sock in readable:
+            try:
+                data = sock.recv(65536)
+            except OSError:
+                continue
+            now = time.monotonic_ns()
+            if sock is udp and data == b"boot-poll" and answered["udp_ns"] is None:
+                answered["udp_ns"] = now
+            elif sock is icmp_socket and answered["icmp_ns"] is None:
+                offset = (data[0] & 0x0F) * 4
+                if len(data) >= offset + 8 and data[offset] == 0:
+                    if struct.unpack_from("!H", data, offset + 4)[0] == identifier:
+                        answered["icmp_ns"] = now
+    if answered["icmp_ns"] == -1:
+        answered["icmp_ns"] = None
+    return answered
+
+
+def tcp_bulk(host: str, port: int, direction: str, limit_bytes: int, deadline: float) -> dict[str, Any]:
+    """Send ``limit_bytes`` to a discard port, or receive them from a source port.
+
+    Sending ends with our FIN and waits for the server's (the discard
+    server closes after it read everything), so the time covers delivery,
+    not just our socket buffer filling.
+    """
+    sock = socket.create_connection((host, port), timeout=5)
+    sock.settimeout(5)
+    block = bytes(65536)
+    moved = 0
+    started = time.perf_counter_ns()
+    end = time.monotonic() + deadline
+    if direction == "send":
+        while moved < limit_bytes and time.monotonic() < end:
+            sock.sendall(block)
+            moved += len(block)
+        sock.shutdown(socket.SHUT_WR)
+        while sock.recv(65536):
+            pass
+    else:
+        buffer = bytearray(262144)
+        while moved < limit_bytes and time.monotonic() < end:
+            received = sock.recv_into(buffer)
+            if not received:
+                break
+            moved += received
+    elapsed = time.perf_counter_ns() - started
+    sock.close()
+    return {"bytes": moved, "seconds": elapsed / 1e9}
+
+
+# -- command line -----------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.clients")
+    commands = parser.add_subparsers(dest="command", required=True)
+    udp = commands.add_parser("udp-rtt")
+    keepalive = commands.add_parser("http-keepalive")
+    for sub in (udp, keepalive):
+        sub.add_argument("--host", required=True)
+        sub.add_argument("--port", type=int, required=True)
+        sub.add_argument("--count", type=int, default=5000)
+        sub.add_argument("--warmup", type=int, default=200)
+        sub.add_argument("--deadline", type=float, default=60.0)
+    udp.add_argument("--size", type=int, default=64)
+    curl = commands.add_parser("curl-loop")
+    curl.add_argument("--url", required=True)
+    curl.add_argument("--count", type=int, default=200)
+    curl.add_argument("--deadline", type=float, default=120.0)
+    poll = commands.add_parser("boot-poll")
+    poll.add_argument("--host", required=True)
+    poll.add_argument("--udp-port", type=int, default=7)
+    poll.add_argument("--icmp", action="store_true")
+    poll.add_argument("--timeout", type=float, default=20.0)
+    bulk = commands.add_parser("tcp-bulk")
+    bulk.add_argument("--host", required=True)
+    bulk.add_argument("--port", type=int, required=True)
+    bulk.add_argument("--direction", choices=["send", "receive"], required=True)
+    bulk.add_argument("--bytes", type=int, default=256 * 2**20)
+    bulk.add_argument("--deadline", type=float, default=10.0)
+    arguments = parser.parse_args(argv)
+    if arguments.command == "udp-rtt":
+        result = udp_rtt(arguments.host, arguments.port, arguments.count, arguments.warmup, arguments.size,
+                         arguments.deadline)
+    elif arguments.command == "http-keepalive":
+        result = http_keepalive(arguments.host, arguments.port, arguments.count, arguments.warmup,
+                                arguments.deadline)
+    elif arguments.command == "curl-loop":
+        result = curl_loop(arguments.url, arguments.count, arguments.deadline)
+    elif arguments.command == "boot-poll":
+        result = boot_poll(arguments.host, arguments.udp_port, arguments.icmp, arguments.timeout)
+    else:
+        result = tcp_bulk(arguments.host, arguments.port, arguments.direction, arguments.bytes,
+                          arguments.deadline)
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
