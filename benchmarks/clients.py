@@ -145,8 +145,11 @@ def udp_rtt(host: str, port: int, count: int, warmup: int, size: int, deadline: 
     return {"samples_ns": samples, "lost": lost}
 
 
-def _read_response(sock: socket.socket, buffer: bytearray) -> int:
-    """Read one HTTP/1.1 response with ``Content-Length`` from ``sock``; its status code."""
+def read_response(sock: socket.socket, buffer: bytearray) -> tuple[int, bytes]:
+    """Read one HTTP/1.1 response with ``Content-Length`` from ``sock``: (status, body).
+
+    ``buffer`` carries bytes read past this response over to the next call.
+    """
     while (end := buffer.find(b"\r\n\r\n")) < 0:
         chunk = sock.recv(65536)
         if not chunk:
@@ -162,8 +165,16 @@ def _read_response(sock: socket.socket, buffer: bytearray) -> int:
         if not chunk:
             raise ConnectionError("server closed the connection mid-response")
         buffer += chunk
+    body = bytes(buffer[end + 4:total])
     del buffer[:total]
-    return int(head[9:12])
+    return int(head[9:12]), body
+
+
+def http_get(host: str, port: int, path: str = "/", timeout: float = 5.0) -> tuple[int, bytes]:
+    """One ``GET`` on a fresh connection: (status, body). For checking what a target serves."""
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n".encode())
+        return read_response(sock, bytearray())
 
 
 def http_keepalive(host: str, port: int, count: int, warmup: int, deadline: float) -> dict[str, Any]:
@@ -180,7 +191,7 @@ def http_keepalive(host: str, port: int, count: int, warmup: int, deadline: floa
             break
         started = time.perf_counter_ns()
         sock.sendall(request)
-        status = _read_response(sock, buffer)
+        status, _ = read_response(sock, buffer)
         elapsed = time.perf_counter_ns() - started
         statuses[status] = statuses.get(status, 0) + 1
         if number >= warmup:

@@ -56,6 +56,8 @@ IDLE_RSS = Metric("idle_rss", "idle RSS (VmRSS)", "MiB")
 IDLE_ANON = Metric("idle_rss_anon", "idle private RSS (RssAnon)", "MiB")
 PEAK_RSS = Metric("peak_rss", "peak RSS after load (VmHWM)", "MiB")
 COLUMNS = [BOOT_ICMP, BOOT_UDP, READY_LINE, IDLE_RSS, IDLE_ANON, PEAK_RSS]
+SHORT_LABELS = {"boot_to_ping": "boot→ping", "boot_to_udp": "boot→UDP echo", "ready_line": "ready line",
+                "idle_rss": "idle RSS", "idle_rss_anon": "idle anon RSS", "peak_rss": "peak RSS"}
 POLL_TIMEOUT = 20.0
 IDLE_SECONDS = 1.0
 
@@ -159,9 +161,10 @@ def footprint_table(results: Results, *, reference: str) -> str:
     names = list(dict.fromkeys(row for summary in summaries.values() for row in summary))
     rows = {name: [summaries[metric.key][name].median if name in summaries[metric.key] else None
                    for metric in COLUMNS] for name in names}
-    columns = [f"{metric.title} {metric.unit}" for metric in COLUMNS]
+    columns = [f"{SHORT_LABELS[metric.key]} {metric.unit}" for metric in COLUMNS]
     rounds = max((value.rounds for summary in summaries.values() for value in summary.values()), default=0)
-    notes = [f"medians of {rounds} rounds, a fresh process each round",
+    notes = [f"medians of {rounds} rounds, a fresh process each round; boot→: process creation to the first "
+             "reply seen by a poller probing every 1 ms; anon RSS: RssAnon, private memory without shared libraries",
              "the peer's boot to first ping is – : the kernel answers its pings, not the process",
              "peak RSS after 200 pings at 10 ms plus 5000 sequential UDP echoes (fewer with --quick)"]
     return markdown_table("Footprint: boot time and memory", columns, rows,

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import Target
-from benchmarks.peers import HTTP_PORT, READY, nginx_config
+from benchmarks.peers import BODY, HTTP_PORT, READY, nginx_config
 from benchmarks.topology import Topology, wait_for_tcp
 
 SERVICE_START_TIMEOUT = 20.0
@@ -180,3 +180,34 @@ def nginx_peer() -> Target:
 def http_targets() -> list[Target]:
     """Every HTTP target, ours first, in the order the rounds alternate them."""
     return [suresh_tap(), suresh_hvt(), suresh_socket(), raw_http(), aiohttp_peer(), uvicorn_peer(), nginx_peer()]
+
+
+def serving_mismatch(running: Any) -> str | None:
+    """Why a started HTTP target does not serve Suresh's bytes on ``GET /``, or ``None``.
+
+    Comparing like with like means every target sends the same body; this
+    checks it once, from inside the client namespace, before any round.
+    """
+    from benchmarks.clients import http_get
+
+    try:
+        with running.client.enter():
+            status, body = http_get(running.address, running.target.port)
+    except (OSError, ValueError) as error:
+        return f"GET / failed: {error}"
+    if status != 200 or body != BODY:
+        return f"GET / answered {status} {body[:60]!r} instead of 200 {BODY.decode()!r}"
+    return None
+
+
+def start_http_targets(session: Any, targets: list[Target], results: Any) -> list[Any]:
+    """Start the available HTTP targets and keep those serving the expected body."""
+    serving = []
+    for running in session.start_all(targets, results):
+        reason = serving_mismatch(running)
+        if reason is None:
+            serving.append(running)
+        else:
+            running.stop()
+            results.skip(running.name, reason)
+    return serving

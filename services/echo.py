@@ -1,4 +1,10 @@
-"""The echo service: answers ARP and ping, and echoes UDP on port 7 (RFC 862).
+"""The echo service: ARP, ping, and the classic test ports over UDP and TCP.
+
+* echo, port 7 (RFC 862): UDP datagrams and TCP streams come back as sent;
+* discard, port 9 (RFC 863): TCP data is read and thrown away;
+* chargen-style source, port 19: TCP sends an endless stream until the
+  client closes (bulk transfer from us, for benchmarks; RFC 864's line
+  pattern is not kept, only its role).
 
 ``python -m services.echo --platform unix --interface tap0 \\
     --ipv4=10.0.0.2/24 --ipv4-gateway=10.0.0.1 [--pcap FILE]``
@@ -21,6 +27,9 @@ from services import boot
 log = logging.getLogger("echo")
 
 ECHO_PORT = 7
+DISCARD_PORT = 9
+SOURCE_PORT = 19
+SOURCE_CHUNK = bytes(range(256)) * 256  # 64 KiB
 
 
 class _UdpEcho(asyncio.DatagramProtocol):
@@ -31,8 +40,50 @@ class _UdpEcho(asyncio.DatagramProtocol):
         self.transport.sendto(data, addr)
 
 
+class _TcpEcho(asyncio.Protocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport: asyncio.Transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.transport.write(data)
+
+    def pause_writing(self) -> None:
+        self.transport.pause_reading()  # do not read faster than the client takes it back
+
+    def resume_writing(self) -> None:
+        self.transport.resume_reading()
+
+
+class _TcpDiscard(asyncio.Protocol):
+    def data_received(self, data: bytes) -> None:
+        pass
+
+
+class _TcpSource(asyncio.Protocol):
+    """Writes until the transport pushes back, then waits for resume_writing."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport: asyncio.Transport = transport  # type: ignore[assignment]
+        self.paused = False
+        self._fill()
+
+    def _fill(self) -> None:
+        while not self.paused and not self.transport.is_closing():
+            self.transport.write(SOURCE_CHUNK)
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        self._fill()
+
+    def data_received(self, data: bytes) -> None:
+        pass
+
+
 class Echo:
-    """Echo over any stack with ``create_datagram_endpoint``."""
+    """Echo, discard and source over any stack with asyncio's endpoint and server calls."""
 
     def __init__(self, stack: Stack, *, port: int = ECHO_PORT) -> None:
         self.stack = stack
@@ -40,14 +91,26 @@ class Echo:
 
     async def start(self) -> None:
         """Serve until cancelled."""
-        self.stack.start()
-        transport, _ = await self.stack.create_datagram_endpoint(_UdpEcho, local_addr=("0.0.0.0", self.port))
-        log.info("echo ready: %s, UDP echo on port %d", self.stack.address, self.port)
+        stack = self.stack
+        stack.start()
+        transport, _ = await stack.create_datagram_endpoint(_UdpEcho, local_addr=("0.0.0.0", self.port))
+        servers = [
+            await stack.create_server(_TcpEcho, port=self.port),
+            await stack.create_server(_TcpDiscard, port=DISCARD_PORT),
+            await stack.create_server(_TcpSource, port=SOURCE_PORT),
+        ]
+        log.info(
+            "echo ready: %s, UDP and TCP echo on port %d, TCP discard on %d, TCP source on %d",
+            stack.address, self.port, DISCARD_PORT, SOURCE_PORT,
+        )
         try:
             await asyncio.Event().wait()
         finally:
             transport.close()
-            self.stack.close()
+            for server in servers:
+                server.close()
+                server.close_clients()
+            stack.close()
             log.info("echo stopped")
 
 

@@ -96,8 +96,9 @@ receiver's fast path expects::
     SACK blocks         01 01 05 ll <left> <right> ...
 
 Every item is a multiple of 4 bytes, so no trailing padding is ever needed.
-A Linux SYN is the first four lines that apply; an established segment is
-TS then SACK. The header has room for 40 bytes of options. RFC 2018: "the
+A Linux SYN is MSS, one of the three lines after it, then window scale; an
+established segment is TS, then SACK. The header has room for 40 bytes of
+options. RFC 2018: "the
 40 bytes available for TCP options can specify a maximum of 4 blocks ...
 if the Timestamp option is used ... a maximum of 3 SACK blocks will be
 allowed". So ``emit`` writes only as many SACK blocks as fit after the
@@ -323,7 +324,9 @@ def parse_options(options: bytes | bytearray | memoryview) -> TcpOptions:
         return NO_OPTIONS
     if size == 12 and data[:4] == _NOP_NOP_TIMESTAMPS:
         return TcpOptions(None, None, False, (), _TWO_U32.unpack_from(data, 4))
-    mss = window_scale = timestamp = None
+    mss: int | None = None
+    window_scale: int | None = None
+    timestamp: tuple[int, int] | None = None
     sack_permitted = False
     sack_blocks: tuple[tuple[int, int], ...] = ()
     i = 0
