@@ -484,6 +484,6 @@ def main_guard(benchmark: str, run: Callable[[], int]) -> int:
         with interruptible():
             return run()
     except KeyboardInterrupt as interruption:
-        print(f"benchmarks.{benchmark}: interrupted ({interruption or 'Ctrl-C'}); namespaces deleted",
+        print(f"benchmarks.{benchmark}: interrupted ({str(interruption) or 'Ctrl-C'}); namespaces deleted",
               file=sys.stderr)
         return 130

@@ -5,8 +5,8 @@ Run inside a benchmark's server namespace as
 ``peer ready`` once its sockets are bound, which is what the benchmark
 waits for. Kinds:
 
-``echo``      the raw uvloop counterpart of ``services.echo``: UDP echo on
-              port 7 (RFC 862), TCP discard on 9 (RFC 863) and TCP source
+``echo``      the raw uvloop counterpart of ``services.echo``: UDP and TCP
+              echo on port 7 (RFC 862), TCP discard on 9 (RFC 863) and TCP source
               on 19 (a chargen-like stream, RFC 864's role without its
               pattern). The floor for what an asyncio program on the
               kernel's stack can do.
@@ -35,7 +35,7 @@ NOT_FOUND_BODY = b"not found"
 CONTENT_TYPE = "text/plain"
 READY = "peer ready"
 HTTP_PORT = 8080
-ECHO_PORTS = {"udp_echo": 7, "tcp_discard": 9, "tcp_source": 19}
+ECHO_PORTS = {"echo": 7, "tcp_discard": 9, "tcp_source": 19}
 SOURCE_BLOCK = bytes(range(32, 127)) * 690  # ~64 KiB of printable bytes per write
 
 
@@ -57,6 +57,22 @@ class UdpEcho(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         self.transport.sendto(data, addr)
+
+
+class TcpEcho(asyncio.Protocol):
+    """Echoes TCP data, reading no faster than the peer takes the echo back."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport: asyncio.Transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.transport.write(data)
+
+    def pause_writing(self) -> None:
+        self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.transport.resume_reading()
 
 
 class TcpDiscard(asyncio.Protocol):
@@ -94,7 +110,8 @@ class TcpSource(asyncio.Protocol):
 
 async def serve_echo(host: str) -> None:
     loop = asyncio.get_running_loop()
-    await loop.create_datagram_endpoint(UdpEcho, local_addr=(host, ECHO_PORTS["udp_echo"]))
+    await loop.create_datagram_endpoint(UdpEcho, local_addr=(host, ECHO_PORTS["echo"]))
+    await loop.create_server(TcpEcho, host, ECHO_PORTS["echo"])
     await loop.create_server(TcpDiscard, host, ECHO_PORTS["tcp_discard"])
     await loop.create_server(TcpSource, host, ECHO_PORTS["tcp_source"])
     await _ready_forever()

@@ -50,6 +50,7 @@ from collections import Counter
 from typing import NamedTuple
 
 from netstack.arp import ArpCore
+from netstack.protocols import LargeFrame
 from netstack.wire import ethernet
 from netstack.wire.ethernet import BROADCAST, ETHERTYPE_IPV4
 from netstack.wire.ipv4 import HEADER_LEN as IPV4_HEADER_LEN
@@ -266,8 +267,13 @@ class Ipv4:
         return self._gateway
 
     @staticmethod
-    def allocate(payload_len: int) -> bytearray:
-        """A frame buffer for ``payload_len`` bytes of IP payload at offset ``HEADROOM``."""
+    def allocate(payload_len: int, segment_size: int = 0) -> bytearray:
+        """A frame buffer for ``payload_len`` bytes of IP payload at offset ``HEADROOM``.
+
+        With ``segment_size``, a ``LargeFrame`` for a device that segments TCP.
+        """
+        if segment_size:
+            return LargeFrame(HEADROOM + payload_len, segment_size)
         return bytearray(HEADROOM + payload_len)
 
     def next_ident(self) -> int:
@@ -305,7 +311,7 @@ class Ipv4:
             dont_fragment=dont_fragment,
         )
         self.stats["ipv4.tx"] += 1
-        if IPV4_HEADER_LEN + payload_len <= self.mtu:
+        if IPV4_HEADER_LEN + payload_len <= self.mtu or type(frame) is LargeFrame:
             self._frame_header(frame)
             ip.emit(Ipv4Packet(memoryview(frame)[ethernet.HEADER_LEN :]))
             return self._resolve(next_hop, frame, now)

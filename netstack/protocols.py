@@ -22,6 +22,24 @@ FrameBatch = Sequence[Frame]
 """Frames delivered together from one wake-up of the device, oldest first."""
 
 
+class LargeFrame(bytearray):
+    """A frame holding one TCP segment larger than the MTU, for a device with
+    segmentation offload (``Offload.max_tx_segment`` > ``mtu``).
+
+    The device cuts the TCP payload into pieces of ``segment_size`` bytes,
+    copying and fixing up the headers (IPv4 total length, identification and
+    checksum; TCP sequence number, flags and checksum), exactly as a NIC does
+    with TSO. The TCP checksum field holds only the pseudo-header sum (not
+    complemented) for the device to complete.
+    """
+
+    __slots__ = ("segment_size",)
+
+    def __init__(self, size: int, segment_size: int) -> None:
+        super().__init__(size)
+        self.segment_size = segment_size
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Offload:
     """What a network interface does for us, so the stack can skip it.
@@ -56,8 +74,9 @@ class Netif(Protocol):
     ``write`` never blocks the event loop. A frame the device cannot take now
     (its queue is full) is dropped and counted in ``stats["tx_dropped"]``,
     exactly as a full NIC ring would drop it; a frame longer than
-    ``mtu + 14`` (or ``max_tx_segment + 14`` with offload) raises
-    ``ValueError``, because that is the caller's bug. A device that has gone
+    ``mtu + 14`` raises ``ValueError``, because that is the caller's bug,
+    unless it is a ``LargeFrame`` of at most ``max_tx_segment + 14`` bytes
+    for a device that offers segmentation offload. A device that has gone
     away raises ``OSError``.
 
     ``receive`` is called from the event loop with every frame that was

@@ -28,6 +28,7 @@ frame dropped.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ipaddress
 import logging
 import os
@@ -89,6 +90,13 @@ class Stack:
         )
         self.icmp = Icmpv4(self.ipv4, icmp_config, self.stats)
         self.udp = Udp(self.ipv4, self.icmp, self._transmit, clock.monotonic_ns, self.stats)
+        if tcp_config is None:
+            tcp_config = TcpLayerConfig()
+        if offload.max_tx_segment > netif.mtu and tcp_config.connection.max_segment == 0:
+            # The device segments for us: hand it up to 64 KiB per write.
+            tcp_config = dataclasses.replace(
+                tcp_config, connection=dataclasses.replace(tcp_config.connection, max_segment=offload.max_tx_segment - 40)
+            )
         self.tcp = TcpLayer(self.ipv4, tcp_config, self.stats)
         self.icmp.unreachable_handler = self.udp.unreachable
         self.icmp.echo_reply_handler = self._echo_reply

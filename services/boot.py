@@ -135,7 +135,12 @@ def load_platform(name: str) -> ModuleType:
 def open_netif(platform: ModuleType, args: argparse.Namespace, clock: Clock) -> Netif:
     """The platform's netif, wrapped as the arguments ask (pcap outermost, so it sees faults)."""
     host_side = f"{args.ipv4_gateway}/{args.ipv4.network.prefixlen}"
-    netif: Any = platform.netif(args.interface, host_address=host_side)
+    options: dict[str, Any] = {}
+    if args.faults is not None and args.faults.corrupt > 0:
+        # Offloads let the kernel leave checksums partial; corruption we add
+        # must be caught by checksums, so ask for frames with full ones.
+        options["offload"] = False
+    netif: Any = platform.netif(args.interface, host_address=host_side, **options)
     if args.faults is not None:
         netif = FaultInjector(netif, args.faults, clock=clock)
     if args.pcap:

@@ -219,7 +219,12 @@ class FaultInjector:
 
     @property
     def offload(self) -> Offload:
-        return self._netif.offload
+        offload = self._netif.offload
+        if self.config.corrupt > 0 and self.config.direction in ("both", "tx") and offload.max_tx_segment > self._netif.mtu:
+            # A device that completes TCP checksums would hide our corruption
+            # behind a valid checksum: do without segmentation offload.
+            return dataclasses.replace(offload, max_tx_segment=self._netif.mtu)
+        return offload
 
     @property
     def stats(self) -> dict[str, int]:

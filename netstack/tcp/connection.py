@@ -357,7 +357,8 @@ class TcpConnection:
         """Send a FIN after the queued data (graceful close or half close)."""
         if self._fin_queued or self.state in (State.CLOSED, State.TIME_WAIT):
             return
-        if self.state == State.SYN_SENT:
+        if self.state in (State.SYN_SENT, State.LISTEN):
+            # Nothing synchronized: RFC 9293 3.10.4 deletes the TCB, no FIN.
             self._transition(Event.CLOSE)
             self._finish(None)
             return
@@ -444,6 +445,11 @@ class TcpConnection:
             self._count("tcp.segment_out_of_window")
             # A retransmission of data we hold: the peer is waiting for an ACK.
             self._ack_now = True
+            if state == State.TIME_WAIT and flags & FIN and sq.add(seg.seq, seg_len) == self.rcv_nxt:
+                # RFC 9293 3.10.7.4: "The only thing that can arrive in this
+                # state is a retransmission of the remote FIN. Acknowledge it,
+                # and restart the 2 MSL timeout."
+                self._close_at = now + self.config.time_wait_ns
             if not (flags & ACK and seg.seq == self.rcv_nxt and len(payload) > 0):
                 return
             payload = payload[:0]  # zero window: process the ACK, not the data
@@ -662,7 +668,9 @@ class TcpConnection:
             self._rto_at = None
 
     def _outstanding(self) -> bool:
-        return self._snd_max > self._snd_una or (self._fin_sent and not self._fin_acked)
+        # Once the FIN is acknowledged nothing is: _snd_una stays at the FIN's
+        # offset (the send buffer is indexed from it) while _snd_max is past it.
+        return not self._fin_acked and (self._snd_max > self._snd_una or self._fin_sent)
 
     def _fin_ack_event(self, now: int) -> None:
         state = self.state
@@ -727,7 +735,9 @@ class TcpConnection:
             self._ack_now = True  # the peer is retransmitting: it is waiting
             return
         if len(payload) > self._rcv_mss:
-            self._rcv_mss = min(len(payload), 65535)
+            # Coalesced (GRO) segments can be 64 KiB; the ACK clock must
+            # still count wire-sized segments.
+            self._rcv_mss = min(len(payload), self.config.mss)
         if offset > self._rcv_off:
             stored = self._reassembly.insert(offset, payload, self._budget.available)
             if stored < 0:
@@ -969,6 +979,11 @@ class TcpConnection:
                 self._rto_at = now + self.rtt.current()
             return out
         if not self._syn_acked:
+            if self._ack_now and state == State.SYN_RECEIVED:
+                # Simultaneous open: the peer's SYN-ACK repeats its SYN, so it
+                # is out of window here and gets an ACK (RFC 9293 3.10.7.4),
+                # which is what completes the peer's handshake.
+                out.append(self._segment(ACK, self.snd_nxt, now))
             return out
         if state != State.TIME_WAIT:
             if self._rexmit_now:

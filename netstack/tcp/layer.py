@@ -412,12 +412,19 @@ class TcpLayer:
         tcp = segment.repr
         payload = segment.payload
         header_len = tcp.buffer_len()
-        frame = self.ipv4.allocate(header_len + len(payload))
+        large = segment.segment_size and header_len + len(payload) + 20 > self.ipv4.mtu
+        frame = self.ipv4.allocate(header_len + len(payload), segment.segment_size if large else 0)
         view = memoryview(frame)[HEADROOM:]
         if payload:
             view[header_len:] = payload
         pseudo = pseudo_header_ipv4(self.ipv4.address, remote, PROTOCOL_TCP, len(view))
-        tcp.emit(TcpPacket(view), len(payload), pseudo)
+        if large:
+            # The device completes the checksum of every piece it cuts.
+            packet = TcpPacket(view)
+            tcp.emit(packet, len(payload), None)
+            packet.checksum = pseudo
+        else:
+            tcp.emit(TcpPacket(view), len(payload), pseudo)
         self.stats["tcp.segments_sent"] += 1
         return self.ipv4.send(frame, remote, PROTOCOL_TCP, now, dont_fragment=True)
 

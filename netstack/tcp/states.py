@@ -69,7 +69,9 @@ TRANSITIONS: dict[tuple[State, Event], State] = {
     (S.SYN_SENT, E.RCV_SYN): S.SYN_RECEIVED,
     (S.SYN_SENT, E.CLOSE): S.CLOSED,
     (S.SYN_RECEIVED, E.RCV_ACK_OF_SYN): S.ESTABLISHED,
-    (S.SYN_RECEIVED, E.CLOSE): S.FIN_WAIT_1,
+    # No (SYN-RECEIVED, CLOSE): a close there is queued until ESTABLISHED,
+    # which RFC 9293 3.10.4 allows ("queue for processing after entering
+    # ESTABLISHED state"); then it is (ESTABLISHED, CLOSE).
     (S.ESTABLISHED, E.CLOSE): S.FIN_WAIT_1,
     (S.ESTABLISHED, E.RCV_FIN): S.CLOSE_WAIT,
     (S.FIN_WAIT_1, E.RCV_ACK_OF_FIN): S.FIN_WAIT_2,
@@ -84,7 +86,8 @@ TRANSITIONS: dict[tuple[State, Event], State] = {
 for _state in _SYNCHRONIZED_OR_OPENING:
     TRANSITIONS[(_state, E.ABORT)] = S.CLOSED
     TRANSITIONS[(_state, E.RCV_RST)] = S.CLOSED
-    TRANSITIONS[(_state, E.GIVE_UP)] = S.CLOSED
+    if _state != S.TIME_WAIT:  # nothing is retransmitted or probed in TIME-WAIT
+        TRANSITIONS[(_state, E.GIVE_UP)] = S.CLOSED
 TRANSITIONS[(S.CLOSED, E.ABORT)] = S.CLOSED
 TRANSITIONS[(S.LISTEN, E.ABORT)] = S.CLOSED
 

@@ -98,15 +98,15 @@ receiver's fast path expects::
 Every item is a multiple of 4 bytes, so no trailing padding is ever needed.
 A Linux SYN is MSS, one of the three lines after it, then window scale; an
 established segment is TS, then SACK. The header has room for 40 bytes of
-options. RFC 2018: "the
-40 bytes available for TCP options can specify a maximum of 4 blocks ...
-if the Timestamp option is used ... a maximum of 3 SACK blocks will be
-allowed". So ``emit`` writes only as many SACK blocks as fit after the
-other options (4 alone, 3 with timestamps, 2 with MSS, timestamps and window
-scale too) and silently leaves out the rest, from the end: the first block
-is the one RFC 2018 requires ("MUST specify the contiguous block of data
-containing the segment which triggered this ACK") and the next ones are the
-most recent, so the oldest are the ones dropped, as in Linux.
+options. RFC 2018: "the 40 bytes available for TCP options can specify a
+maximum of 4 blocks ... if the Timestamp option is used ... a maximum of 3
+SACK blocks will be allowed". So ``emit`` writes only as many SACK blocks
+as fit after the other options (4 alone, 3 with timestamps, 2 with MSS,
+timestamps and window scale too) and silently leaves out the rest, from the
+end: the first block is the one RFC 2018 requires ("MUST specify the
+contiguous block of data containing the segment which triggered this ACK")
+and the next ones are the most recent, so the oldest are the ones dropped,
+as in Linux.
 
 Speed: a segment is parsed for every packet, so ``TcpRepr.parse`` reads the
 fixed header with one ``struct`` call, does not look at options at all when

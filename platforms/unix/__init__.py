@@ -49,15 +49,19 @@ T = TypeVar("T")
 _open_netifs: list[TapNetif] = []
 
 
-def netif(name: str = "tap0", *, host_address: str | None = "10.0.0.1/24", mac: bytes | str | None = None) -> TapNetif:
+def netif(
+    name: str = "tap0", *, host_address: str | None = "10.0.0.1/24", mac: bytes | str | None = None, offload: bool = True
+) -> TapNetif:
     """Open the tap ``name``; ``run`` closes it (removing it if we created it).
 
     ``host_address`` goes to the kernel side of a tap this call creates (an
     existing tap is used exactly as it is). ``mac`` defaults to a random
-    locally administered address. Raises ``PlatformError`` with one line that
-    names the fix when the tap cannot be opened.
+    locally administered address. ``offload`` turns on TCP segmentation
+    offload and checksum offload both ways (``IFF_VNET_HDR``). Raises
+    ``PlatformError`` with one line that names the fix when the tap cannot be
+    opened.
     """
-    device = TapNetif(name, host_address=host_address, mac=mac)
+    device = TapNetif(name, host_address=host_address, mac=mac, offload=offload)
     _open_netifs.append(device)
     return device
 

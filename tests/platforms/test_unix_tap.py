@@ -23,8 +23,8 @@ import pytest
 
 import platforms.unix as unix
 from platforms.unix.netns import REPOSITORY, Namespace, TapNamespace
-from netstack.protocols import Netif, Offload, PlatformError
-from platforms.unix.tap import TapNetif
+from netstack.protocols import LargeFrame, Netif, Offload, PlatformError
+from platforms.unix.tap import MAX_OFFLOAD_SEGMENT, TapNetif
 
 BROADCAST = b"\xff" * 6
 ETHERTYPE_ARP = b"\x08\x06"
@@ -85,6 +85,17 @@ def ipv4_addresses(info: dict) -> list[str]:
 # -- opening and closing ---------------------------------------------------------
 
 
+def test_without_offload_frames_are_plain_and_mtu_sized(netns: Namespace) -> None:
+    with netns.enter():
+        netif = TapNetif("nstap0", host_address="10.0.0.1/24", offload=False)
+    try:
+        assert netif.offload == Offload(max_tx_segment=1500, max_rx_segment=1500)
+        with pytest.raises(ValueError):
+            netif.write(LargeFrame(3000, 1448))
+    finally:
+        netif.close()
+
+
 def test_opening_a_missing_tap_creates_it_up_with_the_host_address(netns: Namespace) -> None:
     with netns.enter():
         netif = TapNetif("nstap0", host_address="10.0.0.1/24")
@@ -99,7 +110,8 @@ def test_opening_a_missing_tap_creates_it_up_with_the_host_address(netns: Namesp
         assert netif.host_mac == bytes.fromhex(info["address"].replace(":", ""))
         assert netif.mac != netif.host_mac
         assert netif.mac[0] & 0x03 == 0x02  # locally administered, unicast
-        assert netif.offload == Offload(max_tx_segment=1500, max_rx_segment=1500)
+        # Segmentation and checksum offload through IFF_VNET_HDR by default.
+        assert netif.offload == Offload(rx_checksum=True, max_tx_segment=MAX_OFFLOAD_SEGMENT, max_rx_segment=65535)
         assert netif.stats == dict.fromkeys(["rx_frames", "tx_frames", "rx_bytes", "tx_bytes", "tx_dropped"], 0)
     finally:
         netif.close()
@@ -118,7 +130,7 @@ def test_an_existing_tap_is_used_as_it_is_and_left_behind(netns: Namespace) -> N
     try:
         assert not netif.created
         assert netif.mtu == 1400
-        assert netif.offload.max_tx_segment == 1400
+        assert netif.offload.max_tx_segment == MAX_OFFLOAD_SEGMENT  # segments are cut to the MTU by the kernel
         assert netif.mac == bytes.fromhex("020000000002")
         during = link(netns, "nstap1")
         assert during is not None and "UP" not in during["flags"] and ipv4_addresses(during) == []

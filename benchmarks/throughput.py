@@ -1,0 +1,172 @@
+"""``python -m benchmarks.throughput``: requests/s under load and TCP bulk transfer rates.
+
+Two parts, each alternating its targets round by round:
+
+- **HTTP load**: ``wrk -t1 -c16 -d5s --latency`` against ``GET /`` on every
+  HTTP target of ``benchmarks.latency`` (Suresh when it exists, the raw
+  uvloop peer as the reference, aiohttp, uvicorn+httptools, nginx). One
+  wrk thread, 16 connections: enough to keep a single-threaded server
+  busy without measuring wrk itself. Requests/s and wrk's own latency
+  percentiles (p50/p90/p99 in ms), plus socket errors and non-2xx counts.
+- **TCP bulk**: MB/s (10^6 bytes/s) sending to the echo service's discard
+  port (9) and receiving from its source port (19), one kernel client
+  (``benchmarks.clients tcp-bulk``), each transfer bounded by bytes and by
+  time. ``services.echo`` is probed with a TCP connect first and skipped
+  with the reason while it does not answer TCP; the raw uvloop echo peer
+  over veth is the reference.
+
+Ratios: for requests/s and MB/s, below 1 is slower than the reference; for
+latencies, above 1 is slower.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from typing import Any
+
+from benchmarks import clients
+from benchmarks.common import (
+    Metric,
+    Results,
+    alternate,
+    argument_parser,
+    main_guard,
+    markdown_table,
+    progress,
+    report,
+    resolve_rounds,
+    selected,
+)
+from benchmarks.peers import ECHO_PORTS, HTTP_PORT
+from benchmarks.targets import echo_peer, echo_tap, http_targets, raw_http, start_http_targets
+from benchmarks.topology import Placement, Running, Session, probe_tcp, run_client
+
+BENCHMARK = "throughput"
+REQUESTS = Metric("requests_per_second", "wrk requests/s", "req/s", higher_is_better=True)
+WRK_LATENCY = {name: Metric(f"wrk_{name}", f"wrk latency {name}", "ms") for name in ("p50", "p90", "p99")}
+SEND = Metric("bulk_send", "TCP bulk to discard (port 9)", "MB/s", higher_is_better=True)
+RECEIVE = Metric("bulk_receive", "TCP bulk from source (port 19)", "MB/s", higher_is_better=True)
+
+
+def measure_wrk(running: Running, seconds: int) -> dict[str, Any]:
+    """One wrk run in the client namespace, bounded by ``-d`` and a process timeout."""
+    url = f"http://{running.address}:{HTTP_PORT}/"
+    done = running.client.run(["wrk", "-t1", "-c16", f"-d{seconds}s", "--latency", "--timeout", "2s", url],
+                              check=False, timeout=seconds + 30)
+    if done.returncode != 0:
+        raise RuntimeError(f"wrk failed ({done.returncode}): {(done.stderr or done.stdout).strip()[-300:]}")
+    return clients.parse_wrk(done.stdout)
+
+
+def measure_bulk(running: Running, direction: str, limit_bytes: int, seconds: float) -> dict[str, Any]:
+    port = ECHO_PORTS["tcp_discard"] if direction == "send" else ECHO_PORTS["tcp_source"]
+    result = run_client(running.client, "tcp-bulk",
+                        ["--host", running.address, "--port", port, "--direction", direction,
+                         "--bytes", limit_bytes, "--deadline", seconds], timeout=seconds + 30)
+    result["megabytes_per_second"] = result["bytes"] / result["seconds"] / 1e6 if result["seconds"] else 0.0
+    return result
+
+
+def run_http(session: Session, results: Results, arguments: Any, rounds: int) -> str | None:
+    """The wrk part; its table, or ``None`` when nothing ran."""
+    if shutil.which("wrk") is None:
+        results.skip("wrk load", "wrk is not installed (apt-get install -y wrk)")
+        return None
+    seconds = 1 if arguments.quick else arguments.duration
+    started = {running.name: running
+               for running in start_http_targets(session, selected(http_targets(), arguments.only), results)}
+    failed: set[str] = set()
+    for number, name in alternate(rounds, list(started)):
+        if name in failed:
+            continue
+        progress(BENCHMARK, f"round {number + 1}/{rounds} · {name} · wrk -t1 -c16 -d{seconds}s")
+        try:
+            parsed = measure_wrk(started[name], seconds)
+        except (RuntimeError, ValueError) as error:
+            failed.add(name)
+            results.skip(name, f"wrk failed in round {number + 1}: {str(error).splitlines()[0][:200]}")
+            continue
+        results.add(REQUESTS, name, [parsed["requests_per_second"]], extra=parsed)
+        for key, metric in WRK_LATENCY.items():
+            if key in parsed["latency_ms"]:
+                results.add(metric, name, [parsed["latency_ms"][key]])
+    for running in started.values():
+        running.stop()  # free the CPU before the bulk part
+    metrics = [REQUESTS, *WRK_LATENCY.values()]
+    return _single_value_table(results, metrics, f"HTTP load: wrk -t1 -c16 -d{seconds}s, GET /", raw_http().name,
+                               ["median across rounds of each round's figure; wrk's latency percentiles are "
+                                "its own (HdrHistogram), per run"])
+
+
+def run_bulk(session: Session, results: Results, arguments: Any, rounds: int) -> str | None:
+    """The TCP bulk part; its table, or ``None`` when nothing ran."""
+    limit_bytes = (32 if arguments.quick else 1024) * 2**20
+    seconds = 2.0 if arguments.quick else 5.0
+    started: dict[str, Running] = {}
+    for running in session.start_all(selected([echo_tap(), echo_peer()], arguments.only), results):
+        reason = probe_tcp(running.client, running.address, ECHO_PORTS["tcp_discard"])
+        if reason is not None:
+            running.stop()
+            results.skip(running.name, f"does not answer TCP yet: {reason}")
+        else:
+            started[running.name] = running
+    for number, name in alternate(rounds, list(started)):
+        for metric, direction in ((SEND, "send"), (RECEIVE, "receive")):
+            progress(BENCHMARK, f"round {number + 1}/{rounds} · {name} · TCP {direction}, "
+                                f"≤ {limit_bytes >> 20} MiB, ≤ {seconds:g} s")
+            try:
+                result = measure_bulk(started[name], direction, limit_bytes, seconds)
+            except RuntimeError as error:
+                results.skip(f"{name} {direction}", str(error).splitlines()[0][:200])
+                continue
+            results.add(metric, name, [result["megabytes_per_second"]], extra=result)
+    if not started:
+        return None
+    return _single_value_table(results, [SEND, RECEIVE], "TCP bulk transfer, one connection", echo_peer().name,
+                               [f"each transfer stops at {limit_bytes >> 20} MiB or {seconds:g} s; "
+                                "send includes the discard server's FIN, so every byte was delivered"])
+
+
+def _single_value_table(results: Results, metrics: list[Metric], title: str, reference: str,
+                        notes: list[str]) -> str | None:
+    summaries = {metric.key: results.summary(metric.key) for metric in metrics}
+    names = list(dict.fromkeys(row for summary in summaries.values() for row in summary))
+    if not names:
+        return None
+    rows = {name: [summaries[metric.key][name].median if name in summaries[metric.key] else None
+                   for metric in metrics] for name in names}
+    columns = [f"{metric.title.removeprefix('wrk ')} {metric.unit}" for metric in metrics]
+    spreads = [f"{name}: {summaries[metrics[0].key][name].rounds} rounds, "
+               f"{metrics[0].title} within ±{summaries[metrics[0].key][name].spread * 50:.0f} %"
+               for name in names if name in summaries[metrics[0].key]]
+    return markdown_table(title, columns, rows, reference=reference if reference in rows else None,
+                          notes=[*notes, *spreads])
+
+
+def run(arguments: Any) -> int:
+    rounds = resolve_rounds(arguments)
+    results = Results(BENCHMARK, arguments)
+    placement = Placement.choose(arguments.cpus)
+    tables = []
+    with Session(BENCHMARK, placement) as session:
+        if not arguments.bulk_only:
+            tables.append(run_http(session, results, arguments, rounds))
+        if not arguments.http_only:
+            tables.append(run_bulk(session, results, arguments, rounds))
+    report(results, [table for table in tables if table], arguments, placement=placement.describe())
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argument_parser(BENCHMARK, __doc__.split("\n")[0], rounds=3)
+    parser.add_argument("--duration", type=int, default=5, help="wrk seconds per run (default 5, --quick 1)")
+    parts = parser.add_mutually_exclusive_group()
+    parts.add_argument("--http-only", action="store_true", help="only the wrk part")
+    parts.add_argument("--bulk-only", action="store_true", help="only the TCP bulk part")
+    arguments = parser.parse_args(argv)
+    return main_guard(BENCHMARK, lambda: run(arguments))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
