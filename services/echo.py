@@ -111,7 +111,8 @@ class Echo:
                 server.close()
                 server.close_clients()
             stack.close()
-            log.info("echo stopped")
+            counters = " ".join(f"{key}={value}" for key, value in sorted(stack.counters().items()) if value)
+            log.info("echo stopped; counters: %s", counters)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -198,6 +198,7 @@ class TcpConnection:
         self._rcv_mss = DEFAULT_MSS
         self._quickack = config.quickack_segments
         self._unacked_bytes = 0
+        self._dupacks_owed = 0  # out-of-order segments since the last dispatch
         self.reading_closed = False
         # -- options
         self.ts_enabled = False
@@ -218,6 +219,7 @@ class TcpConnection:
         self._delack_at: int | None = None
         self._persist_at: int | None = None
         self._persist_backoff = 0
+        self._persist_unanswered = 0  # probes since the peer last ACKed anything
         self._keepalive_at: int | None = None
         self._keepalive_probes = 0
         self._close_at: int | None = None  # TIME-WAIT and FIN-WAIT-2 expiry
@@ -291,6 +293,7 @@ class TcpConnection:
         self.snd_wnd = window << self._snd_wscale
         self._max_snd_wnd = self.snd_wnd
         self._transition(Event.RCV_ACK_OF_SYN)
+        self._arm_keepalive(now)
         self.events.append("connected")
 
     def _take_syn(self, syn: TcpRepr, now: int) -> None:
@@ -406,7 +409,9 @@ class TcpConnection:
     def _window_update_check(self) -> None:
         if self.state not in CAN_RECEIVE:
             return
-        free = self._free_window()
+        # Only as much as the window field can express: without scaling a
+        # buffer beyond 64 KiB would otherwise ask for an update on every read.
+        free = min(self._free_window(), MAX_WINDOW << self._rcv_wscale)
         advertised = self._adv_right - self._rcv_off
         if free - advertised >= min(self.config.recv_buffer // 2, self._rcv_mss * 2):
             self._ack_now = True
@@ -484,6 +489,7 @@ class TcpConnection:
             if self.rtt.backoff == 0:
                 self.rtt.sample(now - self._rtt_sent_at)
             self._transition(Event.RCV_ACK_OF_SYN)
+            self._arm_keepalive(now)
             self.events.append("connected")
             if self._fin_queued:
                 self._transition(Event.CLOSE)  # closed while the handshake was in flight
@@ -572,6 +578,7 @@ class TcpConnection:
             if self._rtt_offset is None and self.rtt.backoff == 0:
                 self.rtt.sample(now - self._rtt_sent_at)
             self._transition(Event.RCV_SYN_ACK)
+            self._arm_keepalive(now)
             self._ack_now = True
             self.events.append("connected")
             if payload:
@@ -619,6 +626,7 @@ class TcpConnection:
             and self._snd_max > self._snd_una
         ):
             self._duplicate_ack(now)
+        self._persist_unanswered = 0
         if self.snd_wnd > 0:
             self._persist_at = None
             self._persist_backoff = 0
@@ -746,11 +754,13 @@ class TcpConnection:
                 self._budget.available -= stored
                 self._count("tcp.ooo_segments")
             self._ack_now = True  # duplicate ACK with SACK, right away (RFC 5681 4.2)
+            self._dupacks_owed += 1
             return
         if offset < self._rcv_off:
             payload = payload[self._rcv_off - offset :]
         self._recv_buffer += payload
         self._rcv_off = end
+        self._dupacks_owed = 0  # the next ACK is a new one, not a duplicate
         filled = False
         if self._reassembly.size:
             before = self._reassembly.size
@@ -850,7 +860,12 @@ class TcpConnection:
         if self.snd_wnd > 0 or not self.unsent:
             return
         self._persist_backoff += 1
-        if self._persist_backoff > self.config.max_retransmits + 8:
+        self._persist_unanswered += 1
+        # RFC 9293 3.8.6.1: "As long as the receiving TCP peer continues to
+        # send acknowledgments in response to the probe segments, the sending
+        # TCP peer MUST allow the connection to stay open." So only probes
+        # nobody answered count towards giving up; the back-off keeps growing.
+        if self._persist_unanswered > self.config.max_retransmits + 8:
             self._count("tcp.timeouts")
             self._transition(Event.GIVE_UP)
             self._finish(TimeoutError("peer's window stayed closed"))
@@ -875,6 +890,13 @@ class TcpConnection:
         self._count("tcp.keepalive_probes")
         self._probe_pending = True
         self._keepalive_at = now + config.keepalive_interval_ns
+
+    def _arm_keepalive(self, now: int) -> None:
+        """On entering ESTABLISHED: idle time counts from the handshake, or a
+        connection that never hears from its peer again would never probe."""
+        if self.config.keepalive:
+            self._keepalive_probes = 0
+            self._keepalive_at = now + self.config.keepalive_idle_ns
 
     def set_keepalive(self, enabled: bool, now: int, **times: int) -> None:
         self.config = dataclasses.replace(self.config, keepalive=enabled, **times)
@@ -912,8 +934,13 @@ class TcpConnection:
             window = min(window, MAX_WINDOW)
             self._adv_right = self._rcv_off + window
             return window
-        field = min(window >> self._rcv_wscale, MAX_WINDOW)
-        self._adv_right = self._rcv_off + (field << self._rcv_wscale)
+        # Round up, never down: with window scaling a rounded-down field can
+        # put the right edge left of where the last ACK put it, which is a
+        # shrinking window (RFC 7323 2.4); the peer may already have sent
+        # into it, and its later pure ACKs would then look out of window.
+        shift = self._rcv_wscale
+        field = min((window + (1 << shift) - 1) >> shift, MAX_WINDOW)
+        self._adv_right = max(self._adv_right, self._rcv_off + (field << shift))
         return field
 
     def _options(self, now: int) -> TcpOptions:
@@ -997,6 +1024,16 @@ class TcpConnection:
             out.append(self._segment(ACK, self._seq(self._snd_una - 1), now))
         if self._ack_now and not out:
             out.append(self._segment(ACK, self._seq(self._snd_nxt), now))
+        if self._dupacks_owed:
+            # RFC 5681 4.2: "A TCP receiver SHOULD send an immediate duplicate
+            # ACK when an out-of-order segment arrives" -- one per segment,
+            # even when the driver handled a batch of segments before this
+            # dispatch: a sender without SACK counts them to detect a loss.
+            # Segments with data do not count as duplicate ACKs (RFC 5681 2).
+            pure = sum(1 for segment in out if not segment.payload and segment.repr.flags == ACK)
+            for _ in range(self._dupacks_owed - pure):
+                out.append(self._segment(ACK, self._seq(self._snd_nxt), now))
+            self._dupacks_owed = 0
         return out
 
     def _max_payload(self) -> int:

@@ -17,9 +17,13 @@ tests and mirage-tcpip's ``test_rfc5961.ml``.
 
 ``Wire``
     Two connections back to back. ``dispatch`` output of one is ``handle``
-    input of the other after ``latency`` nanoseconds of virtual time; a
+    input of the other after ``latency`` nanoseconds of virtual time, plus,
+    with a ``rate`` (bytes per second), the time each segment takes on the
+    link, so that a window's segments arrive spaced out as on a real link
+    (without one, a window arrives at one instant and is handled as one
+    batch, as a driver handles a burst of frames before it dispatches). A
     ``fault`` callback may drop, duplicate or delay chosen segments. When
-    nothing is in flight, time jumps to the earliest ``poll_at``.
+    nothing is in flight, time jumps to the earliest event.
 """
 
 from __future__ import annotations
@@ -290,12 +294,15 @@ class Wire:
         *,
         now: int = 0,
         latency: int = 1 * MS,
+        rate: int | None = None,
         fault: Fault | None = None,
         listening: Iterable[TcpConnection] = (),
     ) -> None:
         self.a, self.b = a, b
         self.now = now
         self.latency = latency
+        self.rate = rate
+        self._link_free = {"a>b": now, "b>a": now}
         self.fault = fault
         self.listening = set(map(id, listening))
         self.log: list[Delivered] = []  # every segment handed to the wire, in order
@@ -311,9 +318,14 @@ class Wire:
             for segment in conn.dispatch(self.now):
                 for piece in cut(segment):
                     self.log.append(Delivered(self.now, direction, piece))
+                    departure = self.now
+                    if self.rate:
+                        start = max(self.now, self._link_free[direction])
+                        departure = start + (40 + len(piece.payload)) * 1_000_000_000 // self.rate
+                        self._link_free[direction] = departure
                     delays = [0] if self.fault is None else self.fault(direction, piece)
                     for delay in delays:
-                        at = self.now + self.latency + delay
+                        at = departure + self.latency + delay
                         heapq.heappush(self._queue, (at, next(self._order), direction, piece))
 
     def next_event(self) -> int | None:
@@ -396,9 +408,10 @@ def pair(
     *,
     now: int = 0,
     latency: int = 1 * MS,
+    rate: int | None = None,
     fault: Fault | None = None,
 ) -> Wire:
     """A client and a listening server on a wire, the client's SYN not yet sent."""
     client = TcpConnection(CLIENT, SERVER, OUR_ISS, client_config or TcpConfig(), now)
     server = TcpConnection(SERVER, CLIENT, PEER_ISS, server_config or TcpConfig(), now, ts_offset=777_777)
-    return Wire(client, server, now=now, latency=latency, fault=fault, listening=(server,))
+    return Wire(client, server, now=now, latency=latency, rate=rate, fault=fault, listening=(server,))

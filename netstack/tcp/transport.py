@@ -115,10 +115,12 @@ class TcpTransport(asyncio.Transport):
         self._lost = False
         self._reading = True
         self._eof_delivered = False
+        self._eof_written = False
         self._writing_paused = False
         self._high = DEFAULT_HIGH_WATER
         self._low = DEFAULT_HIGH_WATER // 4
         self._made = False
+        self._lost_deferred = False  # closed cleanly while unread data waits for resume_reading
         self.on_lost: Callable[[TcpTransport], None] | None = None
 
     def _stack_now(self) -> int:
@@ -133,6 +135,11 @@ class TcpTransport(asyncio.Transport):
         self._made = True
         self._protocol.connection_made(self)
         self._deliver()
+        if self._connection.state == State.CLOSED and not self._lost:
+            # The connection ended before connection_made could run (one
+            # batch held the handshake's ACK, data and a RST, say): its
+            # "closed" event went to nobody, so report it now.
+            self._on_closed()
 
     # -- from the layer ------------------------------------------------------
 
@@ -145,16 +152,36 @@ class TcpTransport(asyncio.Transport):
             elif event == "acked":
                 self._maybe_resume_writing()
             elif event == "closed":
-                self._deliver()
-                self._connection_lost(self._connection.error)
+                self._on_closed()
         if self._closing and not self._lost and self._connection.state in (
             State.FIN_WAIT_2, State.TIME_WAIT, State.CLOSED,
         ):
             self._connection_lost(None)
 
+    def _on_closed(self) -> None:
+        self._deliver()
+        error = self._connection.error
+        if error is None and self._unread():
+            # A clean close (both FINs exchanged) while the application has
+            # paused reading: the bytes and the EOF are still its to read,
+            # as they stay in a kernel socket. connection_lost waits until
+            # _deliver has handed them over.
+            self._lost_deferred = True
+            return
+        self._connection_lost(error)
+
+    def _unread(self) -> bool:
+        connection = self._connection
+        return not self._closing and (connection.readable > 0 or (connection.fin_received and not self._eof_delivered))
+
     def _deliver(self) -> None:
         if not self._reading or self._lost:
             return
+        self._deliver_once()
+        if self._lost_deferred and not self._lost and not self._unread():
+            self._connection_lost(None)
+
+    def _deliver_once(self) -> None:
         connection = self._connection
         if connection.readable and not self._closing:
             data = connection.read()
@@ -218,7 +245,9 @@ class TcpTransport(asyncio.Transport):
             return
         connection.close(self._stack_now())
         self._kick()
-        if connection.state == State.CLOSED:
+        if connection.state in (State.FIN_WAIT_2, State.TIME_WAIT, State.CLOSED):
+            # Our FIN was already acknowledged (write_eof came first), or the
+            # connection is over: no later event would report the loss.
             self._connection_lost(None)
 
     def get_protocol(self) -> asyncio.BaseProtocol:
@@ -276,6 +305,10 @@ class TcpTransport(asyncio.Transport):
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f"data argument must be a bytes-like object, not {type(data).__name__!r}")
+        if self._eof_written:
+            # As asyncio's socket transports: the data could never be sent,
+            # and dropping it silently would hide the application's bug.
+            raise RuntimeError("Cannot call write() after write_eof()")
         if not data:
             return
         if self._closing or self._connection.state == State.CLOSED:
@@ -292,8 +325,9 @@ class TcpTransport(asyncio.Transport):
             self.write(data)
 
     def write_eof(self) -> None:
-        if self._closing:
+        if self._closing or self._eof_written:
             return
+        self._eof_written = True
         self._connection.close(self._stack_now())
         self._kick()
 
