@@ -292,6 +292,8 @@ class TcpConnection:
         self._syn_acked = True
         self.snd_wnd = window << self._snd_wscale
         self._max_snd_wnd = self.snd_wnd
+        # The cookie SYN-ACK offered this window (unscaled); honour it.
+        self._adv_right = min(self.config.recv_buffer, MAX_WINDOW)
         self._transition(Event.RCV_ACK_OF_SYN)
         self._arm_keepalive(now)
         self.events.append("connected")
