@@ -169,3 +169,46 @@ class Platform(Protocol):
 
 class PlatformError(Exception):
     """A platform cannot provide what was asked; ``str()`` is one line for the user."""
+
+
+@runtime_checkable
+class Stack(Protocol):
+    """TCP/IP for an application: asyncio's own calls, over some network.
+
+    Implemented by ``netstack.stack.Stack`` (our TCP/IP over a ``Netif``) and
+    by the socket stack (the host kernel's sockets); both pass the suite in
+    ``netstack.conformance``. The signatures are asyncio's, so code written
+    for ``loop.create_server`` or ``asyncio.open_connection`` moves over by
+    replacing the receiver.
+
+    Transports handed to protocols follow asyncio's callback order::
+
+        connection_made -> data_received* -> [eof_received] -> connection_lost
+
+    Errors are asyncio's too: ``ConnectionRefusedError`` (RST or ICMP port
+    unreachable), ``TimeoutError`` (no answer), ``OSError`` with
+    ``EADDRINUSE`` for a port in use and ``EADDRNOTAVAIL`` for an address
+    that is not ours.
+    """
+
+    async def create_server(
+        self, protocol_factory: Callable[[], Any], host: str | None = None, port: int | None = None, **kwds: Any
+    ) -> Any: ...
+
+    async def create_connection(
+        self, protocol_factory: Callable[[], Any], host: str, port: int, **kwds: Any
+    ) -> tuple[Any, Any]: ...
+
+    async def start_server(
+        self, client_connected_cb: Callable[..., Any], host: str | None = None, port: int | None = None, **kwds: Any
+    ) -> Any: ...
+
+    async def open_connection(self, host: str, port: int, **kwds: Any) -> tuple[Any, Any]: ...
+
+    async def create_datagram_endpoint(
+        self,
+        protocol_factory: Callable[[], Any],
+        local_addr: tuple[str, int] | None = None,
+        remote_addr: tuple[str, int] | None = None,
+        **kwds: Any,
+    ) -> tuple[Any, Any]: ...
