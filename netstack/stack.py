@@ -128,9 +128,20 @@ class Stack:
         log.info("stack up: %s on %s, gateway %s", self.ipv4_config.address, _mac_str(self._mac), self.ipv4_config.gateway)
 
     def close(self) -> None:
-        """Close every endpoint and stop the timers; the netif stays open for its owner."""
+        """Close every endpoint and stop the timers; the netif stays open for its owner.
+
+        TCP connections still open are reset (RST), so that no peer waits on
+        a stack that is gone; close them gracefully first if that matters.
+        """
         if self._closed:
             return
+        now = self.clock.monotonic_ns()
+        for listener in list(self.tcp.listeners.values()):
+            self.tcp.unlisten(listener)
+        for connection in list(self.tcp.connections.values()):
+            connection.abort(now)
+            self.tcp.kick(connection)
+        self._transmit(self.tcp.flush(now))
         self._closed = True
         for transport in list(self._transports):
             transport.close()

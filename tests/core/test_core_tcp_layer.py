@@ -276,3 +276,19 @@ async def test_new_syn_reuses_a_time_wait_connection(manual_clock: ManualClock) 
     (reply, _), = peer.take()
     assert reply.flags == SYN | ACK and reply.ack == 500_001
     assert stack.tcp.connections[(PEER_IP, 40000, 80)] is not connection
+
+
+@pytest.mark.asyncio
+async def test_closing_the_stack_resets_open_connections(manual_clock: ManualClock) -> None:
+    stack, peer = await setup(manual_clock)
+    await stack.create_server(Sink, port=80)
+    peer.send(TcpRepr(40000, 80, 1000, 0, SYN, 65535))
+    await manual_clock.settle()
+    (synack, _), = peer.take()
+    peer.send(TcpRepr(40000, 80, 1001, sq.add(synack.seq, 1), ACK, 65535))
+    await manual_clock.settle()
+    stack.close()
+    await manual_clock.settle()
+    (reset, _), = peer.take()
+    assert reset.flags & RST and reset.seq == sq.add(synack.seq, 1)
+    assert stack.tcp.connections == {} and stack.tcp.listeners == {}
