@@ -192,6 +192,8 @@ class Results:
         self.extra: dict[str, dict[str, list[Any]]] = {}
         self.skipped: dict[str, str] = {}
         self.placement = ""
+        # Other processes on the machine are the main source of noise; say how busy it was.
+        self.load_average = {"start": os.getloadavg()[0], "end": None}
 
     def add(self, metric: Metric, row: str, samples: Sequence[float], *, extra: Any = None) -> None:
         """Record one round's samples for ``row``; ``extra`` (loss counts etc.) goes to JSON only."""
@@ -215,6 +217,7 @@ class Results:
             "arguments": self.arguments,
             "machine": describe_machine(),
             "placement": self.placement,
+            "load_average_1min": self.load_average,
             "statistics": "median: sample median; p90/p99: nearest rank; report: median across rounds",
             "metrics": {key: dataclasses.asdict(metric) for key, metric in self.metrics.items()},
             "samples": self.samples,
@@ -283,6 +286,8 @@ def markdown_table(
             cells.append(format_cell(value, base))
         marker = " (reference)" if name == reference else ""
         lines.append(f"| {name}{marker} | " + " | ".join(cells) + " |")
+    if notes:
+        lines.append("")  # a blank line, so that no Markdown renderer reads the notes as a table row
     lines.extend(f"- {note}" for note in notes)
     return "\n".join(lines) + "\n"
 
@@ -298,7 +303,7 @@ def distribution_table(results: Results, metric: Metric, *, reference: str | Non
     table = markdown_table(metric.title, columns, rows, reference=reference if reference in rows else None)
     counts = [f"{row}: {value.count} samples in {value.rounds} rounds, round medians within ±{value.spread * 50:.0f} %"
               for row, value in summary.items()]
-    return table + "".join(f"- {line}\n" for line in [*counts, *notes])
+    return table + "\n" + "".join(f"- {line}\n" for line in [*counts, *notes])
 
 
 def skipped_lines(results: Results) -> str:
@@ -309,9 +314,11 @@ def report(results: Results, tables: Sequence[str], arguments: argparse.Namespac
     """Print the Markdown report on stdout and write the JSON file (and chart)."""
     machine = describe_machine()
     results.placement = placement
+    results.load_average["end"] = os.getloadavg()[0]
     print(f"## benchmarks.{results.benchmark}, {results.started:%Y-%m-%d %H:%M}"
           f"{' (--quick)' if getattr(arguments, 'quick', False) else ''}\n")
-    print(f"Machine: {machine_line(machine)}; CPU placement: {placement or 'not pinned'}\n")
+    print(f"Machine: {machine_line(machine)}; CPU placement: {placement or 'not pinned'}; "
+          f"load average {results.load_average['start']:.2f} at start, {results.load_average['end']:.2f} at end\n")
     for table in tables:
         print(table)
     skipped = skipped_lines(results)

@@ -34,6 +34,7 @@ from typing import Any
 
 from benchmarks.common import (
     Metric,
+    Target,
     Results,
     alternate,
     argument_parser,
@@ -87,11 +88,10 @@ class BootPoller:
         raise RuntimeError(f"boot poller printed no result: {self.process.output()[-500:]}")
 
 
-def measure_round(session: Session, running_target: Any, ping_count: int, udp_count: int) -> dict[str, Any]:
+def measure_round(session: Session, target: Target, ping_count: int, udp_count: int) -> dict[str, Any]:
     """Start the target fresh, measure boot, idle and peak memory, stop it."""
-    poller = BootPoller(icmp=running_target.topology == "tap")
-    started_ns = 0
-    running: Running = session.start(running_target, before_launch=poller.start)
+    poller = BootPoller(icmp=target.topology == "tap")  # over veth the kernel, not the peer, answers ping
+    running: Running = session.start(target, before_launch=poller.start)
     try:
         ready_ns = time.monotonic_ns()  # start_service returned: the ready line was read
         started_ns = running.launched_ns
@@ -148,7 +148,7 @@ def run(arguments: Any) -> int:
     return 0
 
 
-def _available(target: Any, results: Results) -> bool:
+def _available(target: Target, results: Results) -> bool:
     reason = target.skip_reason()
     if reason is not None:
         results.skip(target.name, reason)

@@ -171,7 +171,8 @@ def test_markdown_table_shows_absolutes_and_ratios() -> None:
     assert lines[3] == "|---|---:|---:|"
     assert lines[4] == "| ours | 200 (5.00×) | – |"
     assert lines[5] == "| kernel (reference) | 40.0 (1.00×) | 80.0 (1.00×) |"
-    assert lines[6] == "- a note"
+    assert lines[6] == ""
+    assert lines[7] == "- a note"
 
 
 def test_markdown_table_without_reference_has_no_ratios() -> None:
