@@ -14,6 +14,7 @@ what was measured instead of hanging it.
 Commands::
 
     udp-rtt         sequential UDP request/replies (64-byte payload)
+    tcp-rtt         sequential 64-byte echoes on one open TCP connection (TCP_NODELAY)
     http-keepalive  sequential GET / on one open TCP connection
     curl-loop       one fresh `curl` per sample: connect, GET /, response, close
     boot-poll       ICMP and UDP probes every millisecond until first answers
@@ -143,6 +144,72 @@ def udp_rtt(host: str, port: int, count: int, warmup: int, size: int, deadline: 
             samples.append(elapsed)
     sock.close()
     return {"samples_ns": samples, "lost": lost}
+
+
+def read_exactly(sock: socket.socket, size: int) -> bytes:
+    """Read exactly ``size`` bytes from a stream socket; ``ConnectionError`` if it closes first."""
+    first = sock.recv(size)
+    if len(first) == size:  # the usual case: the whole echo in one segment
+        return first
+    if not first:
+        raise ConnectionError("server closed the connection mid-run")
+    data = bytearray(first)
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            raise ConnectionError("server closed the connection mid-reply")
+        data += chunk
+    return bytes(data)
+
+
+def tcp_echo_exchanges(sock: socket.socket, count: int, warmup: int, size: int, deadline: float) -> dict[str, Any]:
+    """Sequential echoes of ``size`` bytes on the connected stream ``sock``; samples in ns.
+
+    Each exchange sends one payload (a sequence number and random padding)
+    and reads back exactly as many bytes, which must be the same bytes. TCP
+    does not lose replies, so a timeout, a close or a wrong reply ends the
+    run: the result carries what was measured so far and ``error``.
+    """
+    padding = os.urandom(max(0, size - 8))
+    samples: list[int] = []
+    error = None
+    end = time.monotonic() + deadline
+    for number in range(warmup + count):
+        if time.monotonic() > end:
+            error = f"deadline of {deadline:g} s reached after {number} exchanges"
+            break
+        payload = (number.to_bytes(8, "big") + padding)[:size]
+        started = time.perf_counter_ns()
+        try:
+            sock.sendall(payload)
+            reply = read_exactly(sock, len(payload))
+        except (OSError, ConnectionError) as failure:  # TimeoutError is an OSError
+            error = f"exchange {number}: {type(failure).__name__}: {failure}"
+            break
+        elapsed = time.perf_counter_ns() - started
+        if reply != payload:
+            error = f"exchange {number}: the reply differs from what was sent"
+            break
+        if number >= warmup:
+            samples.append(elapsed)
+    return {"samples_ns": samples, "error": error}
+
+
+def tcp_rtt(host: str, port: int, count: int, warmup: int, size: int, deadline: float) -> dict[str, Any]:
+    """Sequential echoes on one TCP connection opened before the warm-up, ``TCP_NODELAY`` set.
+
+    The connection's handshake and slow start are outside the samples; what
+    is timed is one small write and its echo, as an RPC client sees it.
+    """
+    sock = socket.create_connection((host, port), timeout=5)
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.settimeout(2)
+        result = tcp_echo_exchanges(sock, count, warmup, size, deadline)
+        result["nodelay"] = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    finally:
+        sock.close()
+    return result
 
 
 def read_response(sock: socket.socket, buffer: bytearray) -> tuple[int, bytes]:
@@ -324,14 +391,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.clients")
     commands = parser.add_subparsers(dest="command", required=True)
     udp = commands.add_parser("udp-rtt")
+    tcp = commands.add_parser("tcp-rtt")
     keepalive = commands.add_parser("http-keepalive")
-    for sub in (udp, keepalive):
+    for sub in (udp, tcp, keepalive):
         sub.add_argument("--host", required=True)
         sub.add_argument("--port", type=int, required=True)
         sub.add_argument("--count", type=int, default=5000)
         sub.add_argument("--warmup", type=int, default=200)
         sub.add_argument("--deadline", type=float, default=60.0)
     udp.add_argument("--size", type=int, default=64)
+    tcp.add_argument("--size", type=int, default=64)
     curl = commands.add_parser("curl-loop")
     curl.add_argument("--url", required=True)
     curl.add_argument("--count", type=int, default=200)
@@ -350,6 +419,9 @@ def main(argv: list[str] | None = None) -> int:
     arguments = parser.parse_args(argv)
     if arguments.command == "udp-rtt":
         result = udp_rtt(arguments.host, arguments.port, arguments.count, arguments.warmup, arguments.size,
+                         arguments.deadline)
+    elif arguments.command == "tcp-rtt":
+        result = tcp_rtt(arguments.host, arguments.port, arguments.count, arguments.warmup, arguments.size,
                          arguments.deadline)
     elif arguments.command == "http-keepalive":
         result = http_keepalive(arguments.host, arguments.port, arguments.count, arguments.warmup,

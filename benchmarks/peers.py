@@ -6,7 +6,8 @@ Run inside a benchmark's server namespace as
 waits for. Kinds:
 
 ``echo``      the raw uvloop counterpart of ``services.echo``: UDP and TCP
-              echo on port 7 (RFC 862), TCP discard on 9 (RFC 863) and TCP source
+              echo on port 7 (RFC 862; ``TCP_NODELAY`` on accepted
+              connections), TCP discard on 9 (RFC 863) and TCP source
               on 19 (a chargen-like stream, RFC 864's role without its
               pattern). The floor for what an asyncio program on the
               kernel's stack can do.
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import socket
 import sys
 from pathlib import Path
 
@@ -48,7 +50,7 @@ RAW_OK = http_response("200 OK", BODY)
 RAW_NOT_FOUND = http_response("404 Not Found", NOT_FOUND_BODY)
 
 
-# -- echo: UDP echo, TCP discard, TCP source --------------------------------------------
+# -- echo: UDP and TCP echo, TCP discard, TCP source ------------------------------------
 
 
 class UdpEcho(asyncio.DatagramProtocol):
@@ -59,11 +61,23 @@ class UdpEcho(asyncio.DatagramProtocol):
         self.transport.sendto(data, addr)
 
 
+def set_nodelay(transport: asyncio.BaseTransport) -> None:
+    """``TCP_NODELAY`` on an accepted connection's socket (uvloop sets it already; say so explicitly).
+
+    A small echo must leave at once, not wait for the ACK of earlier data
+    (Nagle): the round-trip benchmark measures the stack, not that wait.
+    """
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
 class TcpEcho(asyncio.Protocol):
-    """Echoes TCP data, reading no faster than the peer takes the echo back."""
+    """Echoes TCP data (``TCP_NODELAY``), reading no faster than the peer takes the echo back."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport: asyncio.Transport = transport  # type: ignore[assignment]
+        set_nodelay(transport)
 
     def data_received(self, data: bytes) -> None:
         self.transport.write(data)

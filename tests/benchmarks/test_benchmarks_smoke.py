@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import socket
 import subprocess
 import sys
+import threading
+from collections.abc import Callable, Iterator
 
 import pytest
 
-from benchmarks import clients, common, footprint, peers, targets
+from benchmarks import clients, common, footprint, peers, targets, throughput
 from benchmarks.common import AcrossRounds, Metric, Results, Summary, Target, percentile
 
 # -- statistics -------------------------------------------------------------------------
@@ -150,6 +153,114 @@ def test_icmp_echo_request_checksums_to_zero() -> None:
     assert packet[0] == 8 and packet[4:6] == b"\x12\x34"
 
 
+# -- the TCP echo client ----------------------------------------------------------------
+
+
+@pytest.fixture
+def stream_pair() -> Iterator[Callable[[Callable[[socket.socket], None]], socket.socket]]:
+    """A connected stream pair with ``serve(our_end)`` run in a thread; yields the client's end.
+
+    A socketpair, not a network: the client's loop is what is tested here.
+    """
+    made: list[tuple[socket.socket, socket.socket, threading.Thread]] = []
+
+    def make(serve: Callable[[socket.socket], None]) -> socket.socket:
+        client, server = socket.socketpair()
+        client.settimeout(2)
+        server.settimeout(2)
+        thread = threading.Thread(target=_serve_then_close, args=(serve, server), daemon=True)
+        thread.start()
+        made.append((client, server, thread))
+        return client
+
+    yield make
+    for client, _, thread in made:
+        client.close()
+        thread.join(timeout=5)
+
+
+def _serve_then_close(serve: Callable[[socket.socket], None], sock: socket.socket) -> None:
+    try:
+        serve(sock)
+    except OSError:
+        pass
+    finally:
+        sock.close()
+
+
+def _echo(sock: socket.socket, *, split: bool = False, limit: int = 10_000, corrupt_at: int = -1) -> None:
+    """Echo 64-byte messages back (split in two writes when asked) for ``limit`` messages."""
+    for number in range(limit):
+        data = clients.read_exactly(sock, 64)
+        if number == corrupt_at:
+            data = bytes([data[0] ^ 0xFF]) + data[1:]
+        if split:
+            sock.sendall(data[:5])
+            sock.sendall(data[5:])
+        else:
+            sock.sendall(data)
+
+
+@pytest.mark.parametrize("split", [False, True])
+def test_tcp_echo_exchanges_time_every_exchange_after_the_warm_up(stream_pair, split: bool) -> None:
+    sock = stream_pair(lambda server: _echo(server, split=split, limit=30))
+    result = clients.tcp_echo_exchanges(sock, count=20, warmup=10, size=64, deadline=10)
+    assert result["error"] is None
+    assert len(result["samples_ns"]) == 20
+    assert all(isinstance(value, int) and value > 0 for value in result["samples_ns"])
+
+
+def test_tcp_echo_exchanges_stop_when_the_server_closes(stream_pair) -> None:
+    sock = stream_pair(lambda server: _echo(server, limit=15))
+    result = clients.tcp_echo_exchanges(sock, count=20, warmup=10, size=64, deadline=10)
+    assert len(result["samples_ns"]) == 5
+    assert result["error"].startswith("exchange 15: ")  # a clean close or a reset, by timing
+
+
+def test_tcp_echo_exchanges_refuse_a_wrong_reply(stream_pair) -> None:
+    sock = stream_pair(lambda server: _echo(server, corrupt_at=3))
+    result = clients.tcp_echo_exchanges(sock, count=20, warmup=0, size=64, deadline=10)
+    assert len(result["samples_ns"]) == 3
+    assert result["error"] == "exchange 3: the reply differs from what was sent"
+
+
+def test_tcp_echo_exchanges_stop_on_a_silent_server(stream_pair) -> None:
+    stopped = threading.Event()
+    sock = stream_pair(lambda server: stopped.wait(5))
+    sock.settimeout(0.05)
+    try:
+        result = clients.tcp_echo_exchanges(sock, count=5, warmup=0, size=64, deadline=10)
+    finally:
+        stopped.set()
+    assert result["samples_ns"] == []
+    assert result["error"].startswith("exchange 0: TimeoutError")
+
+
+def test_tcp_echo_exchanges_respect_the_deadline(stream_pair) -> None:
+    sock = stream_pair(lambda server: _echo(server))
+    result = clients.tcp_echo_exchanges(sock, count=1000, warmup=0, size=64, deadline=-1)
+    assert result["samples_ns"] == []
+    assert result["error"] == "deadline of -1 s reached after 0 exchanges"
+
+
+def test_read_exactly_joins_partial_reads(stream_pair) -> None:
+    def serve(server: socket.socket) -> None:
+        server.sendall(b"abc")
+        server.sendall(b"defgh")
+
+    sock = stream_pair(serve)
+    assert clients.read_exactly(sock, 8) == b"abcdefgh"
+    with pytest.raises(ConnectionError):
+        clients.read_exactly(sock, 1)
+
+
+def test_tcp_rtt_client_command_line() -> None:
+    done = subprocess.run([sys.executable, "-m", "benchmarks.clients", "tcp-rtt", "--help"], capture_output=True,
+                          text=True, timeout=30)
+    assert done.returncode == 0
+    assert "--size" in done.stdout and "--warmup" in done.stdout and "--deadline" in done.stdout
+
+
 # -- tables and results -----------------------------------------------------------------
 
 
@@ -212,6 +323,43 @@ def test_footprint_table_marks_missing_figures() -> None:
     table = footprint.footprint_table(results, reference="raw uvloop echo (veth)")
     assert "| services.echo (tap) | 199 | 200 (2.50×) | – | 40.0 (2.00×) | – | – |" in table
     assert "| raw uvloop echo (veth) (reference) | – | 80.0 (1.00×) |" in table
+
+
+def test_bulk_table_gives_median_and_slowest_transfer_each_direction() -> None:
+    results = _results()
+    for send, receive in ((900.0, 300.0), (1100.0, 500.0), (1000.0, 400.0)):
+        results.add(throughput.SEND, "ours", [send], extra={"bytes": int(send * 3e6)})
+        results.add(throughput.RECEIVE, "ours", [receive], extra={"bytes": int(receive * 3e6)})
+    for rate in (2000.0, 1800.0):
+        results.add(throughput.SEND, "kernel", [rate], extra={"bytes": int(rate * 3e6)})
+        results.add(throughput.RECEIVE, "kernel", [rate], extra={"bytes": int(rate * 3e6)})
+    table = throughput.bulk_table(results, "kernel", rounds=3, seconds=3, limit_bytes=16 * 2**30)
+    assert table is not None
+    lines = table.splitlines()
+    assert lines[2] == ("| target | send to discard :9 median MB/s | send to discard :9 min MB/s "
+                        "| receive from source :19 median MB/s | receive from source :19 min MB/s |")
+    assert lines[4] == "| ours | 1,000 (0.53×) | 900 (0.50×) | 400 (0.21×) | 300 (0.17×) |"
+    assert lines[5] == "| kernel (reference) | 1,900 (1.00×) | 1,800 (1.00×) | 1,900 (1.00×) | 1,800 (1.00×) |"
+    assert "each transfer stops after 3 s (or 16 GiB)" in table
+    assert "3.00 GB (ours, send)" in table and "1.20 GB (ours, receive)" in table
+    assert "ours, send to discard :9: 3 transfers, within ±10 %" in table
+
+
+def test_bulk_table_of_nothing_is_none() -> None:
+    assert throughput.bulk_table(_results(), "kernel", rounds=1, seconds=1, limit_bytes=2**30) is None
+
+
+def test_bulk_rounds_default_to_five_and_follow_rounds() -> None:
+    def namespace(**overrides: object) -> argparse.Namespace:
+        values = {"bulk_rounds": None, "rounds": None, "quick": False, "default_rounds": 3, **overrides}
+        return argparse.Namespace(**values)
+
+    assert throughput.resolve_bulk_rounds(namespace()) == 5
+    assert throughput.resolve_bulk_rounds(namespace(quick=True)) == 2
+    assert throughput.resolve_bulk_rounds(namespace(rounds=4)) == 4
+    assert throughput.resolve_bulk_rounds(namespace(rounds=4, bulk_rounds=7)) == 7
+    with pytest.raises(SystemExit):
+        throughput.resolve_bulk_rounds(namespace(bulk_rounds=0))
 
 
 # -- targets ----------------------------------------------------------------------------
@@ -290,6 +438,32 @@ def test_raw_http_answers_pipelined_requests_in_order() -> None:
     assert b"Content-Length: 37\r\n" in peers.RAW_OK
 
 
+class _Socket:
+    def __init__(self) -> None:
+        self.options: dict[tuple[int, int], int] = {}
+
+    def setsockopt(self, level: int, option: int, value: int) -> None:
+        self.options[level, option] = value
+
+
+class _TcpTransport(_Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.socket = _Socket()
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return self.socket if name == "socket" else default
+
+
+def test_raw_echo_peer_sets_nodelay_and_echoes() -> None:
+    protocol = peers.TcpEcho()
+    transport = _TcpTransport()
+    protocol.connection_made(transport)  # type: ignore[arg-type]
+    assert transport.socket.options == {(socket.IPPROTO_TCP, socket.TCP_NODELAY): 1}
+    protocol.data_received(b"x" * 64)
+    assert transport.written == [b"x" * 64]
+
+
 def test_nginx_configuration_serves_the_same_bytes(tmp_path) -> None:
     text = peers.nginx_config(tmp_path, "10.0.1.2", 8080).read_text()
     assert 'return 200 "Next train to Chennai Central: 14:20.";' in text
@@ -305,3 +479,10 @@ def test_benchmarks_refuse_bad_rounds_and_print_help() -> None:
     done = subprocess.run([sys.executable, "-m", "benchmarks.latency", "--help"], capture_output=True, text=True,
                           timeout=30)
     assert done.returncode == 0 and "--quick" in done.stdout
+
+
+@pytest.mark.parametrize(("module", "option"), [("ping", "--tcp-count"), ("throughput", "--bulk-rounds")])
+def test_benchmark_options_for_tcp(module: str, option: str) -> None:
+    done = subprocess.run([sys.executable, "-m", f"benchmarks.{module}", "--help"], capture_output=True,
+                          text=True, timeout=30)
+    assert done.returncode == 0 and option in done.stdout
