@@ -12,7 +12,7 @@ asyncio's ``protocols.py``, and the errors it may raise.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 Frame = bytes | bytearray | memoryview
@@ -212,3 +212,42 @@ class Stack(Protocol):
         remote_addr: tuple[str, int] | None = None,
         **kwds: Any,
     ) -> tuple[Any, Any]: ...
+
+
+@runtime_checkable
+class Http(Protocol):
+    """An HTTP/1.1 server for an application, over any ``Stack`` (cohttp's ``Server``).
+
+    Implemented by ``netstack.http.Http(stack, clock, *, limits=None, logger=None)``.
+    ``make(callback, routes=None)`` pairs an ``async def callback(request) -> Response``
+    with optional routes ``{path: {methods}}``: a declared path requested with another
+    method is answered 405 with ``Allow`` without calling the callback (GET implies
+    HEAD). ``listen(port, server)`` returns once accepting; the handle has ``port``,
+    ``connections``, ``close()``, ``wait_closed()`` and ``serve_forever()``. Responses are
+    built with ``netstack.http.respond_string(status=200, body="",
+    content_type="text/plain; charset=utf-8", headers=None)`` (or ``respond_json``).
+
+    Callback order, per connection::
+
+        callback(request_1) -> callback(request_2) -> ...   (never two at once)
+
+    each request complete (body read, at most ``Limits.max_body_bytes``), in the order
+    the client sent them; the responses go out in that order.
+
+    Errors: a callback that raises (or returns something that is not a ``Response``)
+    gives its client a 500 and one log line; the server and the connection go on.
+    ``listen`` raises ``OSError`` (``EADDRINUSE``) as the stack does. ``Response`` raises
+    ``ValueError`` for a status outside 200-599 or a header that would split the response.
+    """
+
+    def make(
+        self, callback: Callable[[Any], Awaitable[Any]], *, routes: Mapping[str, Collection[str]] | None = None
+    ) -> Any: ...
+
+    async def listen(self, port: int, server: Any, *, host: str | None = None) -> Any: ...
+
+    @property
+    def connections_open(self) -> int: ...
+
+    @property
+    def connections_total(self) -> int: ...

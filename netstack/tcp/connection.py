@@ -361,6 +361,10 @@ class TcpConnection:
     def close(self, now: int) -> None:
         """Send a FIN after the queued data (graceful close or half close)."""
         if self._fin_queued or self.state in (State.CLOSED, State.TIME_WAIT):
+            if self.reading_closed and self.state == State.FIN_WAIT_2 and self._close_at is None:
+                # A half close (write_eof) already took us to FIN-WAIT-2; now
+                # nobody will read either: the orphan gets the FIN-WAIT-2 timer.
+                self._close_at = now + self.config.fin_wait_2_ns
             return
         if self.state in (State.SYN_SENT, State.LISTEN):
             # Nothing synchronized: RFC 9293 3.10.4 deletes the TCB, no FIN.
@@ -424,7 +428,9 @@ class TcpConnection:
     def handle(self, seg: TcpRepr, payload: memoryview, now: int) -> None:
         """Process one segment addressed to this connection."""
         state = self.state
-        if state == State.CLOSED:
+        if state in (State.CLOSED, State.LISTEN):
+            # A listening socket is the layer's: a core leaves LISTEN only
+            # through accept(); segments for it are not this core's business.
             return
         self._last_received = now
         if self.config.keepalive and state in SYNCHRONIZED:
@@ -640,7 +646,10 @@ class TcpConnection:
         data_end = self._data_end()
         new_una = self._snd_una + acked
         fin_acked = False
-        if self._fin_sent and new_una > data_end:
+        if new_una > data_end:
+            # Only our FIN lies beyond the data, and _handle_ack refused ACKs
+            # beyond SND.MAX: this acknowledges the FIN, even when a (spurious)
+            # retransmission timeout has since cleared _fin_sent to send it again.
             fin_acked = True
             new_una = data_end
         data_acked = new_una - self._snd_una
@@ -668,8 +677,12 @@ class TcpConnection:
             self.congestion.on_ack(data_acked, False)
         if fin_acked and not self._fin_acked:
             self._fin_acked = True
+            self._fin_sent = True
             self._snd_una = data_end
             self._snd_nxt = max(self._snd_nxt, data_end + 1)
+            # The owner learns that our side is done (a closing transport
+            # reports connection_lost now, not when the peer closes too).
+            self.events.append("acked")
             self._fin_ack_event(now)
         # Restart the retransmission timer for what is still outstanding.
         if self._outstanding():
@@ -831,6 +844,19 @@ class TcpConnection:
 
     def _on_rto(self, now: int) -> None:
         self._rto_at = None
+        if self._syn_acked and self.snd_wnd == 0 and self._data_end() > self._snd_una:
+            # The peer shrank its window to zero under data in flight. RFC 1122
+            # 4.2.2.16: the sender "SHOULD NOT time out the connection if data
+            # beyond the right window edge is not acknowledged", and "If the
+            # window shrinks to zero, the TCP MUST probe it in the standard
+            # way": go back to SND.UNA and let the persist timer probe; it
+            # gives up only on probes nobody answers.
+            self._snd_nxt = self._snd_una
+            if self._fin_sent and not self._fin_acked:
+                self._fin_sent = False
+            if self._persist_at is None:
+                self._persist_at = now + self.rtt.current()
+            return
         self._retransmits += 1
         limit = self.config.syn_retries if self.state in (State.SYN_SENT, State.SYN_RECEIVED) else self.config.max_retransmits
         if self._retransmits > limit:
@@ -936,12 +962,18 @@ class TcpConnection:
             window = min(window, MAX_WINDOW)
             self._adv_right = self._rcv_off + window
             return window
-        # Round up, never down: with window scaling a rounded-down field can
-        # put the right edge left of where the last ACK put it, which is a
-        # shrinking window (RFC 7323 2.4); the peer may already have sent
-        # into it, and its later pure ACKs would then look out of window.
+        # With a scale factor the field cannot say every window. Round it
+        # down, so that we never offer more than the buffer holds: rounding
+        # up promises up to 2**shift - 1 bytes more on every ACK, which
+        # small segments add up without end. But never move our own edge
+        # left: the peer may be sending up to the edge it saw before, and its
+        # data and pure ACKs up there must stay acceptable (a retreating edge
+        # made the kernel's ACKs look out of window). So the peer may see the
+        # window retract by less than 2**shift bytes (RFC 7323 2.4 notes that
+        # a scale factor can produce a retracted window), while we accept up
+        # to the furthest edge we ever offered -- which is within the buffer.
         shift = self._rcv_wscale
-        field = min((window + (1 << shift) - 1) >> shift, MAX_WINDOW)
+        field = min(window >> shift, MAX_WINDOW)
         self._adv_right = max(self._adv_right, self._rcv_off + (field << shift))
         return field
 
@@ -991,7 +1023,7 @@ class TcpConnection:
             out.append(Segment(TcpRepr(self.local[1], self.remote[1], reply, 0, RST, 0), b""))
         if self._rst_pending:
             self._rst_pending = False
-            out.append(self._segment(RST | ACK, self._seq(self._snd_nxt) if self._syn_acked else sq.add(self.iss, 1), now))
+            out.append(self._segment(RST | ACK, self._ack_seq() if self._syn_acked else sq.add(self.iss, 1), now))
             return out
         state = self.state
         if state == State.CLOSED:
@@ -1025,7 +1057,7 @@ class TcpConnection:
             self._probe_pending = False
             out.append(self._segment(ACK, self._seq(self._snd_una - 1), now))
         if self._ack_now and not out:
-            out.append(self._segment(ACK, self._seq(self._snd_nxt), now))
+            out.append(self._segment(ACK, self._ack_seq(), now))
         if self._dupacks_owed:
             # RFC 5681 4.2: "A TCP receiver SHOULD send an immediate duplicate
             # ACK when an out-of-order segment arrives" -- one per segment,
@@ -1034,9 +1066,22 @@ class TcpConnection:
             # Segments with data do not count as duplicate ACKs (RFC 5681 2).
             pure = sum(1 for segment in out if not segment.payload and segment.repr.flags == ACK)
             for _ in range(self._dupacks_owed - pure):
-                out.append(self._segment(ACK, self._seq(self._snd_nxt), now))
+                out.append(self._segment(ACK, self._ack_seq(), now))
             self._dupacks_owed = 0
         return out
+
+    def _ack_seq(self) -> int:
+        """The sequence number of a pure ACK or RST: SND.MAX, not SND.NXT.
+
+        After a timeout SND.NXT has gone back to SND.UNA, and a receiver drops
+        a segment below its RCV.NXT without looking at the ACK field (RFC 9293
+        3.10.7.4); when both sides time out, each would ignore the other's
+        ACKs. But not beyond the peer's window either, where a zero window
+        would refuse it: Linux's tcp_acceptable_seq.
+        """
+        if self._fin_acked:
+            return self._seq(self._snd_max)
+        return self._seq(min(self._snd_max, self._snd_una + self.snd_wnd))
 
     def _max_payload(self) -> int:
         mss = self._payload_mss()
