@@ -26,6 +26,7 @@ from netstack.protocols import Clock, Netif
 
 EX_USAGE = 64
 PLATFORMS = ("unix",)
+DEFAULT_IPV4 = ipaddress.IPv4Interface("10.0.0.2/24")
 
 _LEVELS = {
     "error": logging.ERROR,
@@ -108,8 +109,8 @@ def parser(prog: str, description: str) -> BootArgumentParser:
     result = BootArgumentParser(prog=prog, description=description)
     result.add_argument("--platform", default="unix", choices=PLATFORMS, help="target platform (default: unix)")
     result.add_argument("--interface", default="tap0", help="tap interface name (default: tap0)")
-    result.add_argument("--ipv4", type=_ipv4_interface, default=ipaddress.IPv4Interface("10.0.0.2/24"),
-                        help="our address with prefix (default: 10.0.0.2/24)")
+    result.add_argument("--ipv4", type=_ipv4_interface, default=None,
+                        help=f"our address with prefix (default: {DEFAULT_IPV4})")
     result.add_argument("--ipv4-gateway", type=_ipv4_address, default=ipaddress.IPv4Address("10.0.0.1"),
                         help="default gateway; also the host side of a tap we create (default: 10.0.0.1)")
     result.add_argument("--pcap", metavar="FILE", help="record every frame in and out to FILE (libpcap)")
@@ -120,8 +121,34 @@ def parser(prog: str, description: str) -> BootArgumentParser:
     return result
 
 
+def port_number(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port {port} is outside 1-65535")
+    return port
+
+
+def clock_time(text: str) -> str:
+    """``HH:MM`` on a 24-hour clock."""
+    hours, _, minutes = text.partition(":")
+    if not (len(hours) == 2 and len(minutes) == 2 and hours.isdigit() and minutes.isdigit()
+            and int(hours) < 24 and int(minutes) < 60):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a time like 14:20")
+    return text
+
+
 def check(args: argparse.Namespace, parser_: BootArgumentParser) -> None:
-    """Cross-argument checks that argparse cannot express."""
+    """Cross-argument checks that argparse cannot express; fills in defaults.
+
+    ``args.ipv4_given`` says whether ``--ipv4`` was on the command line
+    (the socket stack binds to it only then).
+    """
+    args.ipv4_given = args.ipv4 is not None
+    if args.ipv4 is None:
+        args.ipv4 = DEFAULT_IPV4
     if args.ipv4_gateway is not None and args.ipv4_gateway not in args.ipv4.network:
         parser_.error(f"--ipv4-gateway {args.ipv4_gateway} is not on the network {args.ipv4.network}")
     if args.ipv4_gateway == args.ipv4.ip:

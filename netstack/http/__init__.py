@@ -1,7 +1,7 @@
 """HTTP/1.1 server over any ``Stack``, in the shape of cohttp's ``Server``.
 
-An application is written against the ``HttpProtocol`` contract below
-(``Http`` in ``netstack.protocols``) and never sees the connection
+An application is written against the ``Http`` contract in
+``netstack.protocols`` (re-exported here as ``HttpProtocol``) and never sees the connection
 machinery::
 
     from netstack.http import Http, respond_string
@@ -44,12 +44,10 @@ What a client gets (RFC 9110 / 9112)
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Collection, Mapping
-from typing import Any, Protocol, runtime_checkable
-
 from netstack.http.limits import Limits
 from netstack.http.message import Headers, Request, Response, respond_json, respond_string
 from netstack.http.server import Http, ListeningServer, Server
+from netstack.protocols import Http as HttpProtocol  # the contract, kept with the others
 
 __all__ = [
     "Headers",
@@ -63,45 +61,3 @@ __all__ = [
     "respond_json",
     "respond_string",
 ]
-
-
-@runtime_checkable
-class HttpProtocol(Protocol):
-    """An HTTP server for an application (``Http`` in ``netstack.protocols``).
-
-    Implemented by ``netstack.http.Http`` over any ``Stack``; an application
-    takes one in its constructor and never builds its own.
-
-    ``make(callback, routes=None)`` pairs an ``async def callback(request)
-    -> Response`` with optional routes, ``{path: {methods}}``: a request for
-    a declared path with another method is answered 405 with ``Allow``
-    without calling the callback (``GET`` implies ``HEAD``). ``listen(port,
-    server)`` starts serving and returns a handle with ``port``,
-    ``connections``, ``close()``, ``wait_closed()`` and ``serve_forever()``.
-    Responses are built with the module-level ``respond_string(status=200,
-    body="", content_type="text/plain; charset=utf-8", headers=None)``.
-
-    Callback order, per connection::
-
-        callback(request_1) -> callback(request_2) -> ...   (never two at once)
-
-    each request complete (body read, at most ``max_body_bytes``), in the
-    order the client sent them; the responses go out in that order.
-
-    Errors: a callback that raises (or returns something that is not a
-    ``Response``) gives its client a 500 and one log line; the server and
-    the connection go on. ``listen`` raises ``OSError`` (``EADDRINUSE``) as
-    the stack does. ``Response`` raises ``ValueError`` for a status outside
-    200-599 or a header that would split the response.
-    """
-
-    def make(self, callback: Callable[[Any], Awaitable[Any]], *,
-             routes: Mapping[str, Collection[str]] | None = None) -> Any: ...
-
-    async def listen(self, port: int, server: Any, *, host: str | None = None) -> Any: ...
-
-    @property
-    def connections_open(self) -> int: ...
-
-    @property
-    def connections_total(self) -> int: ...

@@ -64,8 +64,7 @@ class ScriptedPeer:
         self.ack = 0  # what it acknowledges: conn's next expected byte
         self.window = window
         self.wscale = wscale  # the shift the peer asked us to apply to its windows
-        self.received = bytearray()
-        self.tsval = 1000
+        self.received = bytearray()  # what conn sent, in order, as this peer took it
 
     def segment(
         self,
@@ -136,9 +135,6 @@ class ScriptedPeer:
             skip = sq.sub(self.ack, repr_.seq)
             self.received += bytes(segment.payload)[skip:]
             self.ack = sq.add(repr_.seq, length)
-
-    def options(self, **fields: object) -> TcpOptions:
-        return TcpOptions(**fields)  # type: ignore[arg-type]
 
 
 def data_segments(out: Iterable[Segment]) -> list[Segment]:

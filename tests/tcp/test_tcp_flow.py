@@ -8,8 +8,8 @@ import pytest
 from netstack.tcp import seq as sq
 from netstack.tcp.connection import MS, SECOND, Segment, TcpConfig, TcpConnection
 from netstack.tcp.states import State
-from netstack.tcp.testing import OUR_ISS, ScriptedPeer, data_segments, flag_string, open_client, open_server
-from netstack.wire.tcp import ACK, FIN, PSH, RST, TcpOptions
+from netstack.tcp.testing import OUR_ISS, ScriptedPeer, build, data_segments, flag_string, open_client, open_server
+from netstack.wire.tcp import ACK, FIN, PSH, SYN, TcpOptions
 
 NOW = 1 * SECOND
 PLAIN = TcpOptions(mss=1460)
@@ -330,3 +330,134 @@ def test_nodelay_sends_small_writes_immediately() -> None:
     conn.nodelay = True
     conn.send(b"c")
     assert [bytes(s.payload) for s in peer.take(NOW)] == [b"bc"]
+
+
+def test_scaled_receive_window_edge_never_retreats_and_never_overcommits() -> None:
+    # With a window scale the field counts units of 2**shift bytes. The edge
+    # we accept up to never moves left (the peer may have sent up to it), and
+    # never passes the end of the buffer; the peer may see it retract by less
+    # than one unit when the window is not a multiple of the unit.
+    options = TcpOptions(mss=1460, window_scale=7, sack_permitted=True, timestamp=(5000, 0))
+    buffer = 1 << 20
+    conn, peer = open_server(TcpConfig(recv_buffer=buffer, quickack_segments=1000), now=NOW, peer_options=options)
+    scale = conn._rcv_wscale
+    assert scale == 5
+    start = peer.seq
+    furthest = start
+    for size in (100, 1000, 37, 1460, 5, 999, 31, 33):
+        out = peer.send(NOW, ACK, b"w" * size, options=TcpOptions(timestamp=(5001, 0)))
+        (edge,) = window_edges(out, scale)
+        assert sq.gt(edge, sq.add(furthest, -(1 << scale)))  # retracted by less than one unit
+        assert sq.sub(edge, start) <= buffer  # offered no more than the buffer holds
+        furthest = edge if sq.gt(edge, furthest) else furthest
+        assert sq.sub(sq.add(conn.rcv_nxt, conn._adv_right - conn._rcv_off), furthest) >= 0  # still accepted
+    # Data up to the furthest edge ever offered is taken whole.
+    peer.send(NOW, ACK, b"f" * sq.sub(furthest, peer.seq), options=TcpOptions(timestamp=(5001, 0)))
+    assert conn.rcv_nxt == furthest
+    assert conn.readable == sq.sub(furthest, start) <= buffer
+
+
+def test_small_segments_and_reads_do_not_move_the_right_edge_by_less_than_an_mss() -> None:
+    conn, peer = open_server(TcpConfig(recv_buffer=8 * 1460, quickack_segments=1000), now=NOW, peer_options=PLAIN)
+    edges = []
+    for _ in range(5):
+        out = peer.send(NOW, ACK, b"s" * 100)
+        conn.read()
+        edges += window_edges(out, 0)
+    # Each read freed 100 bytes: too little to open the window (RFC 9293
+    # 3.8.6.2.2), so every ACK carries the same right edge ...
+    assert len(set(edges)) == 1
+    # ... until the opening is worth a segment (min(buffer/2, MSS) = 536
+    # here): 600 bytes consumed when the seventh segment is ACKed.
+    out = peer.send(NOW, ACK, b"s" * 100)
+    assert window_edges(out, 0) == edges[:1]
+    conn.read()
+    out = peer.send(NOW, ACK, b"s" * 100)
+    assert sq.sub(window_edges(out, 0)[0], edges[0]) == 600
+
+
+def test_data_beyond_the_window_is_trimmed() -> None:
+    conn, peer = open_server(TcpConfig(recv_buffer=1000, quickack_segments=1000), now=NOW, peer_options=PLAIN)
+    out = peer.send(NOW, ACK, bytes(range(200)) * 7, advance=False)  # 1400 bytes into a 1000-byte window
+    assert conn.read() == (bytes(range(200)) * 7)[:1000]
+    assert out[-1].repr.ack == sq.add(peer.seq, 1000)
+
+
+def test_data_after_the_application_closed_reading_resets() -> None:
+    conn, peer = open_server(now=NOW, peer_options=PLAIN)
+    conn.reading_closed = True
+    conn.close(NOW)
+    peer.take(NOW)
+    out = peer.send(NOW, ACK | PSH, b"nobody will read this")
+    assert [flag_string(s.repr.flags) for s in out] == ["R."]
+    assert conn.state == State.CLOSED
+
+
+def test_syn_ack_with_data() -> None:
+    conn, peer = build(State.SYN_SENT, now=NOW)
+    out = peer.send(NOW, SYN | ACK, b"early", options=PLAIN)
+    assert conn.state == State.ESTABLISHED and conn.read() == b"early"
+    assert out[-1].repr.ack == peer.seq
+
+
+def test_send_into_a_zero_window_arms_the_persist_timer() -> None:
+    conn, peer = open_client(now=NOW, peer_options=PLAIN, peer_window=0)
+    conn.send(b"waiting")
+    assert peer.take(NOW) == []
+    assert conn.poll_at() == NOW + conn.rtt.current()
+    at, out = expire(conn, peer)
+    assert [(s.repr.seq, len(s.payload)) for s in out] == [(sq.add(conn.snd_una, -1), 0)]
+    out = peer.send(at, ACK, window=1000)
+    assert [bytes(s.payload) for s in out] == [b"waiting"]
+
+
+def test_data_queued_before_the_handshake_completes() -> None:
+    conn, peer = build(State.SYN_SENT, now=NOW)
+    conn.send(b"GET / HTTP/1.0\r\n\r\n")
+    out = peer.send(NOW, SYN | ACK, options=PLAIN)
+    assert [bytes(s.payload) for s in out] == [b"GET / HTTP/1.0\r\n\r\n"]
+    assert out[0].repr.ack == peer.seq
+
+
+def test_a_window_shrunk_to_zero_under_data_in_flight_is_probed_not_timed_out() -> None:
+    # RFC 1122 4.2.2.16: robust against window shrinking; probe a zero window
+    # "in the standard way"; do not time out for data beyond the right edge.
+    conn, peer = open_client(TcpConfig(max_retransmits=3), now=NOW, peer_options=PLAIN)
+    conn.send(bytes(4 * 1460))
+    peer.take(NOW)
+    peer.send(NOW + 1 * MS, ACK, ack=sq.add(UNA, 2 * 1460), window=0)  # drops the other two
+    probes = 0
+    for _ in range(30):
+        at, out = expire(conn, peer)
+        for segment in out:
+            assert not segment.payload and segment.repr.seq == sq.add(UNA, 2 * 1460 - 1)
+            probes += 1
+            peer.send(at + 1 * MS, ACK, ack=sq.add(UNA, 2 * 1460), window=0)
+    assert conn.state == State.ESTABLISHED and probes > 3
+    out = peer.send(at + 2 * MS, ACK, ack=sq.add(UNA, 2 * 1460), window=65535)
+    assert [sq.sub(s.repr.seq, UNA) for s in data_segments(out)] == [2 * 1460, 3 * 1460]
+    peer.send(at + 3 * MS, ACK, ack=sq.add(UNA, 4 * 1460))
+    assert conn.buffered == 0 and conn.poll_at() is None
+
+
+def test_one_duplicate_ack_per_out_of_order_segment_even_in_a_batch() -> None:
+    # The stack handles a whole batch of frames before it dispatches. A
+    # sender without SACK counts duplicate ACKs, so each out-of-order segment
+    # still needs its own (RFC 5681 4.2).
+    conn, peer = quick_acks_done()
+    rcv_nxt = peer.seq
+    for i in range(1, 4):
+        conn.handle(peer.segment(ACK, seq=sq.add(rcv_nxt, 100 * i)), memoryview(b"o" * 100), NOW)
+    out = peer.take(NOW)
+    assert acks(out) == [(".", rcv_nxt, out[0].repr.window)] * 3
+
+
+def test_no_duplicate_acks_owed_once_the_hole_is_filled_in_the_same_batch() -> None:
+    conn, peer = quick_acks_done()
+    rcv_nxt = peer.seq
+    conn.handle(peer.segment(ACK, seq=sq.add(rcv_nxt, 100)), memoryview(b"o" * 100), NOW)
+    conn.handle(peer.segment(ACK, seq=sq.add(rcv_nxt, 200)), memoryview(b"o" * 100), NOW)
+    conn.handle(peer.segment(ACK, seq=rcv_nxt), memoryview(b"i" * 100), NOW)
+    out = peer.take(NOW)
+    # One ACK of everything: more copies would be duplicate ACKs of new data.
+    assert [(f, a) for f, a, _ in acks(out)] == [(".", sq.add(rcv_nxt, 300))]

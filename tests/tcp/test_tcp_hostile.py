@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from netstack.tcp import seq as sq
 from netstack.tcp.connection import MS, SECOND, OutOfOrderBudget, TcpConfig, TcpConnection
 from netstack.tcp.states import State
-from netstack.tcp.testing import ScriptedPeer, build
+from netstack.tcp.testing import build
 from netstack.wire.tcp import ACK, PSH, TcpOptions, TcpPacket, TcpRepr
 
 NOW = 1 * SECOND
@@ -24,7 +24,7 @@ u32 = st.integers(0, (1 << 32) - 1)
 # Sequence numbers are drawn as (anywhere, value) or (relative, offset) and
 # resolved against the connection's numbers when the action runs, so that
 # many of them land where the checks are (around RCV.NXT and SND.UNA).
-SEQ = st.tuples(st.just(True), u32) | st.tuples(st.just(False), st.integers(-70_000, 70_000))
+SEQ = st.tuples(st.just(True), u32) | st.tuples(st.just(False), st.sampled_from([0, 1, -1]) | st.integers(-70_000, 70_000))
 OPTIONS = st.tuples(
     st.none() | st.integers(0, 65535),  # MSS
     st.none() | st.integers(0, 14),  # window scale
@@ -88,7 +88,8 @@ def check_bounds(conn: TcpConnection, budget: OutOfOrderBudget, total: int) -> N
     assert len(reassembly) <= conn.config.ooo_max_pieces
     assert 0 <= budget.available <= total
     assert budget.available + reassembly.size == total
-    assert conn.readable <= conn.config.recv_buffer
+    # Unread in-order data and out-of-order data together stay within the buffer.
+    assert conn.readable + reassembly.size <= conn.config.recv_buffer
     if conn.state == State.CLOSED:
         assert conn.poll_at() is None
 
@@ -181,3 +182,25 @@ def test_the_budget_is_shared_and_returned() -> None:
     for conn in conns:
         conn.abort(NOW)
     assert budget.available == 10_000
+
+
+def test_tiny_segments_to_an_application_that_does_not_read_are_bounded() -> None:
+    # Rounding a scaled window field up on every ACK would let one-byte
+    # segments hold the window open for ever; it is rounded down, so the
+    # window closes at the end of the buffer whatever the segment sizes.
+    config = TcpConfig(recv_buffer=1 << 17, quickack_segments=1 << 30)
+    conn, peer = build(State.ESTABLISHED, config, now=NOW, peer_options=LINUX)
+    assert conn._rcv_wscale == 2
+    for _ in range(140_000):
+        out = peer.send(NOW, ACK, b"w", options=TcpOptions(timestamp=(5000, 0)), advance=False)
+        if conn.readable == config.recv_buffer:
+            break
+        peer.seq = sq.add(peer.seq, 1)
+    assert conn.readable == config.recv_buffer
+    assert out[-1].repr.window == 0
+    # Reading makes room again, and the stream continues where it stopped.
+    assert len(conn.read()) == config.recv_buffer
+    (update,) = peer.take(NOW)
+    assert update.repr.window << 2 == config.recv_buffer
+    peer.send(NOW, ACK, b"z", seq=conn.rcv_nxt, options=TcpOptions(timestamp=(5000, 0)))
+    assert conn.read() == b"z"

@@ -8,12 +8,11 @@ import pytest
 from netstack.tcp import seq as sq
 from netstack.tcp.connection import DEFAULT_MSS, MS, SECOND, TcpConfig, _options_len
 from netstack.tcp.states import State
-from netstack.tcp.testing import OUR_ISS, ScriptedPeer, build, connection, data_segments, open_client, open_server
+from netstack.tcp.testing import OUR_ISS, ScriptedPeer, connection, data_segments, open_client, open_server
 from netstack.wire.tcp import ACK, PSH, RST, SYN, TcpOptions
 
 NOW = 1 * SECOND
 LINUX_SYN_OPTIONS = TcpOptions(mss=1460, window_scale=7, sack_permitted=True, timestamp=(5000, 0))
-BARE = TcpOptions()
 
 
 def sizes(out) -> list[int]:

@@ -8,8 +8,8 @@ import pytest
 from netstack.tcp import seq as sq
 from netstack.tcp.connection import MS, SECOND, Segment, TcpConfig, TcpConnection
 from netstack.tcp.states import State
-from netstack.tcp.testing import OUR_ISS, ScriptedPeer, build, data_segments, flag_string, open_client, open_server
-from netstack.wire.tcp import ACK, SYN, TcpOptions
+from netstack.tcp.testing import OUR_ISS, ScriptedPeer, build, data_segments, flag_string, open_client
+from netstack.wire.tcp import ACK, PSH, SYN, TcpOptions
 
 NOW = 1 * SECOND
 PLAIN = TcpOptions(mss=1460)  # no timestamps, no SACK: 1460-byte payloads
@@ -310,3 +310,32 @@ def test_rto_forgets_sack_information() -> None:
     assert conn._scoreboard
     expire(conn, peer)
     assert not conn._scoreboard  # RFC 2018 8: the receiver may have reneged
+
+
+def test_ack_of_the_fin_after_a_spurious_timeout() -> None:
+    # The timeout fires while the peer's ACK of everything (FIN included) is
+    # still on its way; only the first segment is resent (cwnd is one
+    # segment). The late ACK must still count as the ACK of our FIN.
+    conn, peer = open_client(now=NOW, peer_options=PLAIN)
+    conn.send(bytes(3 * 1460))
+    conn.close(NOW)
+    out = peer.take(NOW)
+    assert [flag_string(s.repr.flags) for s in out] == [".", ".", "FP."]
+    at, out = expire(conn, peer)
+    assert seqs(out) == [0]
+    out = peer.send(at + 1 * MS, ACK, ack=sq.add(UNA, 3 * 1460 + 1))
+    assert out == []
+    assert conn.state == State.FIN_WAIT_2
+    assert conn.buffered == 0
+    assert conn.poll_at() is None
+
+
+def test_pure_acks_carry_snd_max_after_a_timeout() -> None:
+    conn, peer = open_client(now=NOW, peer_options=PLAIN)
+    conn.send(bytes(3 * 1460))
+    peer.take(NOW)
+    at, out = expire(conn, peer)
+    assert seqs(out) == [0]  # went back to SND.UNA
+    # The peer has all three segments (its ACKs were lost) and sends data.
+    out = peer.send(at + 1 * MS, ACK | PSH, b"reply", ack=UNA)
+    assert [(flag_string(s.repr.flags), s.repr.seq) for s in out] == [(".", sq.add(UNA, 3 * 1460))]

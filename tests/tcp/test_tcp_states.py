@@ -211,7 +211,8 @@ def test_simultaneous_close_on_a_wire() -> None:
     fins = [entry for entry in wire.log if entry.segment.repr.flags & FIN]
     assert [entry.direction for entry in fins] == ["a>b", "b>a"]
     assert fins[0].at == fins[1].at  # they crossed: both went through CLOSING
-    assert a.events[-2:] == ["eof", "closed"] and b.events[-2:] == ["eof", "closed"]
+    for conn in (a, b):  # ... the ACK of our FIN may be reported ("acked") after "eof"
+        assert conn.events[-1] == "closed" and "eof" in conn.events and "data" not in conn.events
     start = wire.now
     wire.run(lambda: a.state == b.state == S.CLOSED)
     assert wire.now - start <= a.config.time_wait_ns + 2 * MS
@@ -273,7 +274,7 @@ def test_exact_rst_resets_in_every_state(state: State) -> None:
     conn, peer = build(state, now=NOW)
     assert peer.send(NOW, RST, seq=conn.rcv_nxt) == []
     assert conn.state == S.CLOSED
-    assert conn.events == ["closed"] if state != S.TIME_WAIT else conn.events in ([], ["closed"])
+    assert conn.events == ([] if state == S.TIME_WAIT else ["closed"])  # TIME-WAIT reported it on entry
     if state in (S.CLOSING, S.LAST_ACK, S.TIME_WAIT):
         assert conn.error is None  # our FIN was sent: a reset there loses nothing
     else:
@@ -302,7 +303,7 @@ def test_abort_sends_rst_in_every_synchronized_state(state: State) -> None:
     conn.abort(NOW)
     (rst,) = peer.take(NOW)
     assert flag_string(rst.repr.flags) == "R."
-    assert rst.repr.seq == conn.snd_nxt or state == S.SYN_RECEIVED
+    assert rst.repr.seq == conn.snd_nxt  # ISS + 1 in SYN-RECEIVED
     assert conn.state == S.CLOSED and conn.error is None
 
 
@@ -359,3 +360,27 @@ def test_fin_wait_2_without_a_close_waits_for_the_peer_indefinitely() -> None:
     (ack,) = peer.send(later, ACK, b"still talking")
     assert conn.state == S.FIN_WAIT_2
     assert (ack.repr.seq, ack.repr.ack) == (sq.add(OUR_ISS, 2), peer.seq)
+
+
+def test_close_after_a_half_close_arms_the_fin_wait_2_timer() -> None:
+    # write_eof took us to FIN-WAIT-2; the application then closes for good
+    # (the transport sets reading_closed first). A peer that never sends
+    # its FIN must not keep the orphan for ever.
+    conn, peer = build(State.FIN_WAIT_2, TcpConfig(fin_wait_2_ns=30 * SECOND), now=NOW)
+    assert conn.poll_at() is None
+    later = NOW + 5 * SECOND
+    conn.reading_closed = True
+    conn.close(later)
+    assert conn.poll_at() == later + 30 * SECOND
+    conn.poll(later + 30 * SECOND)
+    assert conn.state == S.CLOSED
+
+
+def test_a_core_in_listen_ignores_segments() -> None:
+    # Listeners live in the layer; a core in LISTEN leaves it only by accept().
+    # (Found by the hostile-input test: an RST used to ask the table for a
+    # LISTEN transition it does not have.)
+    for flags in (RST, RST | ACK, ACK, FIN | ACK, SYN):
+        conn, peer = build(S.LISTEN, now=NOW)
+        assert peer.send(NOW, flags, seq=conn.rcv_nxt, options=PEER_OPTIONS) == []
+        assert conn.state == S.LISTEN
