@@ -251,3 +251,26 @@ class Http(Protocol):
 
     @property
     def connections_total(self) -> int: ...
+
+
+@runtime_checkable
+class Block(Protocol):
+    """A block device: whole sectors, read and written asynchronously.
+
+    ``sector_size`` is in bytes; ``size`` is the capacity in bytes, a whole
+    number of sectors. ``read(sector, count)`` returns ``count`` sectors
+    starting at ``sector``; ``write(sector, data)`` writes ``data``, a whole
+    number of sectors. Partial sectors or a range beyond ``size`` raise
+    ``ValueError`` (the caller's bug); a failing device raises ``OSError``.
+    Calls complete in the order they were made.
+    """
+
+    @property
+    def sector_size(self) -> int: ...
+
+    @property
+    def size(self) -> int: ...
+
+    async def read(self, sector: int, count: int = 1) -> bytes: ...
+
+    async def write(self, sector: int, data: bytes) -> None: ...

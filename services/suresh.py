@@ -43,6 +43,9 @@ JSON = "application/json"
 PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
 ROUTES = {"/": {"GET"}, "/api/next": {"GET"}, "/health": {"GET"}, "/metrics": {"GET"}}
 
+DEVICES = [{"name": "service", "type": "NET_BASIC"}]
+"""What the application needs from a platform; an hvt image's manifest lists it."""
+
 
 class Suresh:
     """The stationmaster over any ``Http``.
