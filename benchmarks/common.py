@@ -481,7 +481,7 @@ def interruptible() -> Iterator[None]:
 
 def main_guard(benchmark: str, run: Callable[[], int]) -> int:
     """Run a benchmark's body: refuse early without privileges, exit 130 on interruption."""
-    from platforms.unix.netns import unavailable_reason
+    from platforms.host.netns import unavailable_reason
 
     reason = unavailable_reason()
     if reason is not None:

@@ -14,7 +14,7 @@ nothing a benchmark sends can leave the namespaces it created:
          answering ping) run in the server namespace: kernel stack -> veth
          -> kernel stack.
 
-The namespace machinery is ``platforms.unix.netns`` (shared with the tests):
+The namespace machinery is ``platforms.host.netns`` (shared with the tests):
 ``Namespace.delete`` stops, by PID, exactly the processes started through
 it and then deletes the namespace, which removes the tap or veth pair with
 it. ``Session`` owns every topology of one benchmark run and deletes them
@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import Results, Target, progress
-from platforms.unix.netns import REPOSITORY, Namespace
+from platforms.host.netns import REPOSITORY, Namespace
 
 TAP_SERVER_ADDRESS = "10.0.0.2"
 TAP_CLIENT_ADDRESS = "10.0.0.1"

@@ -1,5 +1,5 @@
 """Fixtures shared by every test directory; the machinery lives in
-``platforms/unix/netns.py`` (shared with ``benchmarks/``).
+``platforms/host/netns.py`` (shared with ``benchmarks/``).
 
 ``netns``      a fresh ``netns.Namespace`` (loopback up), always deleted.
 ``tap_netns``  a ``netns.TapNamespace``: a ``TapNetif`` opened on a tap
@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from platforms.unix.netns import Namespace, TapNamespace, open_tap_namespace, unavailable_reason
+from platforms.host.netns import Namespace, TapNamespace, open_tap_namespace, unavailable_reason
 
 NETNS_FIXTURES = {"netns", "tap_netns"}
 

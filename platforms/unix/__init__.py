@@ -11,7 +11,7 @@ functions, the ``netstack.protocols.Platform`` contract::
     platform.run(app.start())
 
 ``netif`` opens (and when missing creates, brings up and addresses) a tap
-device; see ``platforms.unix.tap``. ``clock`` is ``netstack.clock.LoopClock``,
+device; see ``platforms.host.tap``. ``clock`` is ``netstack.clock.LoopClock``,
 which reads ``time.monotonic_ns`` like uvloop itself. ``run`` drives the main
 coroutine on a fresh uvloop event loop.
 
@@ -40,7 +40,7 @@ import uvloop
 
 from netstack.clock import LoopClock
 
-from .tap import TapNetif
+from platforms.host.tap import TapNetif
 
 __all__ = ["TapNetif", "clock", "close_netifs", "netif", "run"]
 

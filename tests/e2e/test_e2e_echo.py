@@ -16,7 +16,7 @@ import textwrap
 
 import pytest
 
-from platforms.unix.netns import REPOSITORY, Namespace
+from platforms.host.netns import REPOSITORY, Namespace
 
 ECHO = ["-m", "services.echo", "--platform", "unix", "--interface", "tap0",
         "--ipv4=10.0.0.2/24", "--ipv4-gateway=10.0.0.1"]

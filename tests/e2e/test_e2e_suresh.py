@@ -15,7 +15,7 @@ import textwrap
 
 import pytest
 
-from platforms.unix.netns import REPOSITORY, Namespace
+from platforms.host.netns import REPOSITORY, Namespace
 
 pytestmark = pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 

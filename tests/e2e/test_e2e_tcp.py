@@ -28,7 +28,7 @@ from netstack.tcp.connection import SECOND, TcpConfig
 from netstack.tcp.layer import TcpLayerConfig
 from netstack.tcp.states import State
 from netstack.stack import Stack
-from platforms.unix.netns import Namespace, TapNamespace
+from platforms.host.netns import Namespace, TapNamespace
 
 ECHO = ["-m", "services.echo", "--platform", "unix", "--interface", "tap0",
         "--ipv4=10.0.0.2/24", "--ipv4-gateway=10.0.0.1"]

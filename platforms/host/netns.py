@@ -276,7 +276,7 @@ class TapNamespace:
 
     namespace: Namespace
     tap_name: str
-    netif: Any  # platforms.unix.tap.TapNetif; kept untyped so collection never imports it
+    netif: Any  # platforms.host.tap.TapNetif; kept untyped so collection never imports it
     stack_address: str = "10.0.0.2"
     host_address: str = "10.0.0.1"
     prefix_length: int = 24
@@ -285,7 +285,7 @@ class TapNamespace:
 @contextlib.contextmanager
 def open_tap_namespace(namespace: Namespace, tap_name: str = "tap0") -> Iterator[TapNamespace]:
     """Open (create) ``tap_name`` inside ``namespace``, host side 10.0.0.1/24."""
-    from platforms.unix.tap import TapNetif
+    from platforms.host.tap import TapNetif
 
     with namespace.enter():
         netif = TapNetif(tap_name, host_address="10.0.0.1/24")

@@ -22,9 +22,9 @@ import time
 import pytest
 
 import platforms.unix as unix
-from platforms.unix.netns import REPOSITORY, Namespace, TapNamespace
+from platforms.host.netns import REPOSITORY, Namespace, TapNamespace
 from netstack.protocols import LargeFrame, Netif, Offload, PlatformError
-from platforms.unix.tap import MAX_OFFLOAD_SEGMENT, TapNetif
+from platforms.host.tap import MAX_OFFLOAD_SEGMENT, TapNetif
 
 BROADCAST = b"\xff" * 6
 ETHERTYPE_ARP = b"\x08\x06"
@@ -177,7 +177,7 @@ def test_without_privilege_the_error_says_run_as_root(netns: Namespace) -> None:
     code = textwrap.dedent(
         """
         import os
-        from platforms.unix.tap import TapNetif
+        from platforms.host.tap import TapNetif
         from netstack.protocols import PlatformError
         os.setgroups([]); os.setresgid(65534, 65534, 65534); os.setresuid(65534, 65534, 65534)
         try:
@@ -342,7 +342,7 @@ def test_the_tap_netns_fixture(tap_netns: TapNamespace) -> None:
 
 
 def test_a_namespace_stops_what_it_started_and_disappears() -> None:
-    from platforms.unix.netns import unavailable_reason
+    from platforms.host.netns import unavailable_reason
 
     if (reason := unavailable_reason()) is not None:
         pytest.skip(reason)
