@@ -71,11 +71,11 @@ class Suresh:
         self._counters = counters
         self._started_ns = clock.monotonic_ns()
         # The answers never change: build them once.
-        self._home = respond_string(body=f"Next train to {destination}: {time}.\n")
+        self._home = respond_string(body=f"Next train to {destination}: {time}.")
         self._next = respond_string(
             body=json.dumps({"destination": destination, "time": time}, separators=(",", ":")), content_type=JSON
         )
-        self._not_found = respond_string(status=404, body="not found\n")
+        self._not_found = respond_string(status=404, body="not found")
 
     async def callback(self, request: Request) -> Response:
         path = request.path

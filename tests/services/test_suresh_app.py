@@ -60,7 +60,7 @@ def answer(app: Suresh, path: str) -> tuple[int, str | None, bytes]:
 
 def test_home_gives_the_next_train() -> None:
     app = Suresh(MockHttp(), ManualClock())
-    assert answer(app, "/") == (200, "text/plain; charset=utf-8", b"Next train to Chennai Central: 14:20.\n")
+    assert answer(app, "/") == (200, "text/plain; charset=utf-8", b"Next train to Chennai Central: 14:20.")
 
 
 def test_api_next_gives_json() -> None:
@@ -73,12 +73,12 @@ def test_api_next_gives_json() -> None:
 @pytest.mark.parametrize("path", ["/nope", "/api", "/api/next/", "//", "/index.html"])
 def test_any_other_path_is_not_found(path: str) -> None:
     app = Suresh(MockHttp(), ManualClock())
-    assert answer(app, path) == (404, "text/plain; charset=utf-8", b"not found\n")
+    assert answer(app, path) == (404, "text/plain; charset=utf-8", b"not found")
 
 
 def test_destination_and_time_come_from_the_constructor() -> None:
     app = Suresh(MockHttp(), ManualClock(), destination="Madurai", time="06:05")
-    assert answer(app, "/")[2] == b"Next train to Madurai: 06:05.\n"
+    assert answer(app, "/")[2] == b"Next train to Madurai: 06:05."
     assert json.loads(answer(app, "/api/next")[2]) == {"destination": "Madurai", "time": "06:05"}
 
 
