@@ -25,7 +25,7 @@ from netstack.devices.faults import FaultConfig, FaultInjector
 from netstack.protocols import Clock, Netif
 
 EX_USAGE = 64
-PLATFORMS = ("unix",)
+PLATFORMS = ("unix", "hvt")
 DEFAULT_IPV4 = ipaddress.IPv4Interface("10.0.0.2/24")
 
 _LEVELS = {
@@ -111,8 +111,9 @@ def parser(prog: str, description: str) -> BootArgumentParser:
     result.add_argument("--interface", default="tap0", help="tap interface name (default: tap0)")
     result.add_argument("--ipv4", type=_ipv4_interface, default=None,
                         help=f"our address with prefix (default: {DEFAULT_IPV4})")
-    result.add_argument("--ipv4-gateway", type=_ipv4_address, default=ipaddress.IPv4Address("10.0.0.1"),
-                        help="default gateway; also the host side of a tap we create (default: 10.0.0.1)")
+    result.add_argument("--ipv4-gateway", type=_ipv4_address, default=None,
+                        help="default gateway; also the host side of a tap we create "
+                             "(default: the first address of the --ipv4 network, 10.0.0.1)")
     result.add_argument("--pcap", metavar="FILE", help="record every frame in and out to FILE (libpcap)")
     result.add_argument("--faults", type=_faults, metavar="SPEC",
                         help="inject faults, e.g. drop=2%%,dup=1%%,reorder=10%%,corrupt=0.5%%,seed=7")
@@ -149,6 +150,9 @@ def check(args: argparse.Namespace, parser_: BootArgumentParser) -> None:
     args.ipv4_given = args.ipv4 is not None
     if args.ipv4 is None:
         args.ipv4 = DEFAULT_IPV4
+    if args.ipv4_gateway is None:
+        first = next(args.ipv4.network.hosts(), None)
+        args.ipv4_gateway = first if first is not None and first != args.ipv4.ip else None
     if args.ipv4_gateway is not None and args.ipv4_gateway not in args.ipv4.network:
         parser_.error(f"--ipv4-gateway {args.ipv4_gateway} is not on the network {args.ipv4.network}")
     if args.ipv4_gateway == args.ipv4.ip:
@@ -161,7 +165,7 @@ def load_platform(name: str) -> ModuleType:
 
 def open_netif(platform: ModuleType, args: argparse.Namespace, clock: Clock) -> Netif:
     """The platform's netif, wrapped as the arguments ask (pcap outermost, so it sees faults)."""
-    host_side = f"{args.ipv4_gateway}/{args.ipv4.network.prefixlen}"
+    host_side = f"{args.ipv4_gateway}/{args.ipv4.network.prefixlen}" if args.ipv4_gateway is not None else None
     options: dict[str, Any] = {}
     if args.faults is not None and args.faults.corrupt > 0:
         # Offloads let the kernel leave checksums partial; corruption we add

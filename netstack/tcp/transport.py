@@ -3,6 +3,7 @@
 Theory of operation
 -------------------
 A ``TcpTransport`` is a real ``asyncio.Transport``: any ``asyncio.Protocol``
+(or ``asyncio.BufferedProtocol``, fed through ``get_buffer``/``buffer_updated``)
 and asyncio's own ``StreamReader``/``StreamWriter`` run over it unchanged.
 It turns the connection core's events into protocol callbacks, in asyncio's
 order::
@@ -26,7 +27,11 @@ Flow control, both ways, as asyncio defines it:
 ``close()`` sends FIN once the queued data is out, and ``connection_lost``
 follows when the FIN is acknowledged (or the connection fails); data that
 arrives afterwards is answered with RST, as Linux does for a closed socket.
-``write_eof()`` half-closes. ``abort()`` sends RST at once.
+``write_eof()`` half-closes; a ``write()`` after it raises ``RuntimeError``
+as on asyncio's socket transports. ``abort()`` sends RST at once.
+A connection that ends cleanly while reading is paused keeps its unread
+bytes and EOF for the application, as a kernel socket does:
+``connection_lost`` waits until ``resume_reading`` has delivered them.
 
 ``get_extra_info("socket")`` is a small stand-in that accepts the
 ``setsockopt`` calls asyncio programs make on TCP sockets: ``TCP_NODELAY``,
@@ -48,6 +53,23 @@ DEFAULT_HIGH_WATER = 64 * 1024
 
 def _str_address(packed: bytes) -> str:
     return f"{packed[0]}.{packed[1]}.{packed[2]}.{packed[3]}"
+
+
+def _feed_buffered(protocol: asyncio.BufferedProtocol, data: bytes) -> None:
+    """Hand ``data`` to a ``BufferedProtocol`` through as many ``get_buffer`` calls as it takes.
+
+    asyncio's own transports speak both protocol flavours; so must ours
+    (the same loop as ``asyncio.protocols._feed_data_to_buffered_proto``).
+    """
+    view = memoryview(data)
+    while view:
+        buffer = protocol.get_buffer(len(view))
+        size = min(len(buffer), len(view))
+        if not size:
+            raise RuntimeError("get_buffer() returned an empty buffer")
+        buffer[:size] = view[:size]
+        protocol.buffer_updated(size)
+        view = view[size:]
 
 
 class SocketOptions:
@@ -186,7 +208,10 @@ class TcpTransport(asyncio.Transport):
         if connection.readable and not self._closing:
             data = connection.read()
             try:
-                self._protocol.data_received(data)
+                if isinstance(self._protocol, asyncio.BufferedProtocol):
+                    _feed_buffered(self._protocol, data)
+                else:
+                    self._protocol.data_received(data)
             except (SystemExit, KeyboardInterrupt):
                 raise
             except BaseException as exc:

@@ -30,20 +30,34 @@ from netstack.devices.faults import FaultConfig
 
 FAULTS = FaultConfig(drop=0.02, duplicate=0.01, reorder=0.05, corrupt=0.005, seed=11)
 
+KNOWN_BUGS: dict[tuple[str, str], str] = {
+    # (variant, check name): reason -- a bug in a module this suite does not own. Each is a strict
+    # xfail, so that fixing the bug fails the test until its entry is removed.
+}
+
+
+def checks(variant: str) -> list:
+    params = []
+    for check in CHECKS:
+        reason = KNOWN_BUGS.get((variant, check_id(check)))
+        marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
+        params.append(pytest.param(check, marks=marks, id=check_id(check)))
+    return params
+
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize("check", CHECKS, ids=check_id)
+@pytest.mark.parametrize("check", checks("manual"))
 async def test_manual_clock(check) -> None:
     await run_check(check, direct_stack_pair)
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize("check", CHECKS, ids=check_id)
+@pytest.mark.parametrize("check", checks("faulty"))
 async def test_faulty_link(check) -> None:
     await run_check(check, lambda: direct_stack_pair(faults=FAULTS))
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize("check", CHECKS, ids=check_id)
+@pytest.mark.parametrize("check", checks("realtime"))
 async def test_realtime_loop_clock(check) -> None:
     await run_check(check, lambda: direct_stack_pair(clock=LoopClock()))
