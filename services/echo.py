@@ -17,7 +17,9 @@ is the wiring that picks the platform and builds netif -> stack -> Echo.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
+import os
 import sys
 
 from netstack.protocols import PlatformError
@@ -30,6 +32,9 @@ ECHO_PORT = 7
 DISCARD_PORT = 9
 SOURCE_PORT = 19
 SOURCE_CHUNK = bytes(range(256)) * 256  # 64 KiB
+
+DEVICES = [{"name": "service", "type": "NET_BASIC"}]
+"""What the application needs from a platform; an hvt image's manifest lists it."""
 
 
 class _UdpEcho(asyncio.DatagramProtocol):
@@ -119,6 +124,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = boot.parser("python -m services.echo", "Echo service over the netstack direct stack.")
     args = parser.parse_args(argv)
     boot.check(args, parser)
+    if args.platform == "hvt" and "NETSTACK_HVT_CHANNEL" not in os.environ:
+        # On the host (a guest has the tender's channel), --platform hvt means: build
+        # the image and run it under the tender. The launcher is loaded by name, as the
+        # platform is: an import statement would make host-side tooling part of the
+        # application's module graph, and of its image.
+        return importlib.import_module("platforms.hvt.build").build_and_run("services.echo", argv)
     boot.configure_logging(args.logs)
     platform = boot.load_platform(args.platform)
     clock = platform.clock()

@@ -1,7 +1,9 @@
 """Suresh end to end: the real command in a namespace, curl and raw sockets as clients.
 
-The same checks run against ``--net direct`` (our stack on a tap) and
-``--net socket`` (the kernel's sockets on the namespace's loopback).
+The same checks run against ``--net direct`` (our stack on a tap),
+``--net socket`` (the kernel's sockets on the namespace's loopback) and
+``--platform hvt`` (our stack in a sandboxed guest under the tender, built
+into an image and started by the same command).
 """
 
 from __future__ import annotations
@@ -20,16 +22,27 @@ from platforms.host.netns import REPOSITORY, Namespace
 pytestmark = pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 
 READY = "suresh listening on TCP port 8080"
+TAP = ["--interface", "tap0", "--ipv4=10.0.0.2/24", "--ipv4-gateway=10.0.0.1"]
 NETS = {
-    "direct": (["--net", "direct", "--interface", "tap0", "--ipv4=10.0.0.2/24", "--ipv4-gateway=10.0.0.1"], "10.0.0.2"),
-    "socket": (["--net", "socket"], "127.0.0.1"),
+    "direct": (["--platform", "unix", "--net", "direct", *TAP], "10.0.0.2"),
+    "socket": (["--platform", "unix", "--net", "socket"], "127.0.0.1"),
+    "hvt": (["--platform", "hvt", *TAP], "10.0.0.2"),
 }
 
 
+def seccomp_missing() -> bool:
+    import ctypes.util
+
+    return ctypes.util.find_library("seccomp") is None
+
+
 @pytest.fixture(params=sorted(NETS))
-def suresh(request, netns: Namespace):
+def suresh(request, netns: Namespace, tmp_path):
+    if request.param == "hvt" and seccomp_missing():
+        pytest.skip("libseccomp is not installed (apt-get install -y libseccomp2)")
     arguments, host = NETS[request.param]
-    process = netns.start_service(["-m", "services.suresh", "--platform", "unix", *arguments], ready=READY, timeout=20)
+    # The hvt launcher writes its image to dist/ under the working directory.
+    process = netns.start_service(["-m", "services.suresh", *arguments], ready=READY, timeout=30, cwd=str(tmp_path))
     return netns, host, process
 
 
