@@ -24,6 +24,7 @@ import dataclasses
 import struct
 
 from netstack.wire.errors import WireError
+from netstack.wire.view import U8, U16, Bytes, View
 
 HEADER_LEN = 28
 
@@ -41,21 +42,15 @@ class ArpError(WireError):
     layer = "arp"
 
 
-class ArpPacket:
+class ArpPacket(View):
     """A view over one ARP packet (Ethernet hardware, IPv4 protocol)."""
 
-    __slots__ = ("buffer",)
+    __slots__ = ()
+    _min_len = _FIXED_LEN
+    _error = ArpError
 
-    def __init__(self, buffer: bytes | bytearray | memoryview) -> None:
-        self.buffer = memoryview(buffer)
-
-    @classmethod
-    def new_checked(cls, buffer: bytes | bytearray | memoryview) -> ArpPacket:
-        packet = cls(buffer)
-        buf = packet.buffer
-        length = len(buf)
-        if length < _FIXED_LEN:
-            raise ArpError("truncated", f"{length} bytes")
+    def _check(self, size: int) -> None:
+        buf = self.buffer
         htype = (buf[0] << 8) | buf[1]
         if htype != HARDWARE_ETHERNET:
             raise ArpError("unsupported_hardware", f"hardware type {htype}")
@@ -64,84 +59,18 @@ class ArpPacket:
             raise ArpError("unsupported_protocol", f"protocol type {ptype:#06x}")
         if buf[4] != 6 or buf[5] != 4:
             raise ArpError("bad_length", f"hlen {buf[4]} plen {buf[5]}")
-        if length < HEADER_LEN:
-            raise ArpError("truncated", f"{length} bytes")
-        return packet
+        if size < HEADER_LEN:
+            raise ArpError("truncated", f"{size} bytes")
 
-    @property
-    def hardware_type(self) -> int:
-        return (self.buffer[0] << 8) | self.buffer[1]
-
-    @hardware_type.setter
-    def hardware_type(self, value: int) -> None:
-        self.buffer[0] = value >> 8
-        self.buffer[1] = value & 0xFF
-
-    @property
-    def protocol_type(self) -> int:
-        return (self.buffer[2] << 8) | self.buffer[3]
-
-    @protocol_type.setter
-    def protocol_type(self, value: int) -> None:
-        self.buffer[2] = value >> 8
-        self.buffer[3] = value & 0xFF
-
-    @property
-    def hardware_len(self) -> int:
-        return self.buffer[4]
-
-    @hardware_len.setter
-    def hardware_len(self, value: int) -> None:
-        self.buffer[4] = value
-
-    @property
-    def protocol_len(self) -> int:
-        return self.buffer[5]
-
-    @protocol_len.setter
-    def protocol_len(self, value: int) -> None:
-        self.buffer[5] = value
-
-    @property
-    def operation(self) -> int:
-        return (self.buffer[6] << 8) | self.buffer[7]
-
-    @operation.setter
-    def operation(self, value: int) -> None:
-        self.buffer[6] = value >> 8
-        self.buffer[7] = value & 0xFF
-
-    @property
-    def sender_mac(self) -> bytes:
-        return bytes(self.buffer[8:14])
-
-    @sender_mac.setter
-    def sender_mac(self, value: bytes) -> None:
-        self.buffer[8:14] = value
-
-    @property
-    def sender_ip(self) -> bytes:
-        return bytes(self.buffer[14:18])
-
-    @sender_ip.setter
-    def sender_ip(self, value: bytes) -> None:
-        self.buffer[14:18] = value
-
-    @property
-    def target_mac(self) -> bytes:
-        return bytes(self.buffer[18:24])
-
-    @target_mac.setter
-    def target_mac(self, value: bytes) -> None:
-        self.buffer[18:24] = value
-
-    @property
-    def target_ip(self) -> bytes:
-        return bytes(self.buffer[24:28])
-
-    @target_ip.setter
-    def target_ip(self, value: bytes) -> None:
-        self.buffer[24:28] = value
+    hardware_type = U16(0)
+    protocol_type = U16(2)
+    hardware_len = U8(4)
+    protocol_len = U8(5)
+    operation = U16(6)
+    sender_mac = Bytes(8, 6)
+    sender_ip = Bytes(14, 4)
+    target_mac = Bytes(18, 6)
+    target_ip = Bytes(24, 4)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

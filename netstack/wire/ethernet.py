@@ -17,6 +17,7 @@ import dataclasses
 import struct
 
 from netstack.wire.errors import WireError
+from netstack.wire.view import U16, Bytes, View
 
 HEADER_LEN = 14
 BROADCAST = b"\xff" * 6
@@ -32,45 +33,16 @@ class EthernetError(WireError):
     layer = "ethernet"
 
 
-class EthernetFrame:
+class EthernetFrame(View):
     """A view over one Ethernet II frame."""
 
-    __slots__ = ("buffer",)
+    __slots__ = ()
+    _min_len = HEADER_LEN
+    _error = EthernetError
 
-    def __init__(self, buffer: bytes | bytearray | memoryview) -> None:
-        self.buffer = memoryview(buffer)
-
-    @classmethod
-    def new_checked(cls, buffer: bytes | bytearray | memoryview) -> EthernetFrame:
-        frame = cls(buffer)
-        if len(frame.buffer) < HEADER_LEN:
-            raise EthernetError("truncated", f"{len(frame.buffer)} bytes")
-        return frame
-
-    @property
-    def dst(self) -> bytes:
-        return bytes(self.buffer[0:6])
-
-    @dst.setter
-    def dst(self, value: bytes) -> None:
-        self.buffer[0:6] = value
-
-    @property
-    def src(self) -> bytes:
-        return bytes(self.buffer[6:12])
-
-    @src.setter
-    def src(self, value: bytes) -> None:
-        self.buffer[6:12] = value
-
-    @property
-    def ethertype(self) -> int:
-        return (self.buffer[12] << 8) | self.buffer[13]
-
-    @ethertype.setter
-    def ethertype(self, value: int) -> None:
-        self.buffer[12] = value >> 8
-        self.buffer[13] = value & 0xFF
+    dst = Bytes(0, 6)
+    src = Bytes(6, 6)
+    ethertype = U16(12)
 
     @property
     def payload(self) -> memoryview:

@@ -39,6 +39,7 @@ import struct
 
 from netstack.wire import checksum as _checksum
 from netstack.wire.errors import WireError
+from netstack.wire.view import U8, U16, U32, View
 
 HEADER_LEN = 8
 
@@ -61,72 +62,20 @@ class Icmpv4Error(WireError):
     layer = "icmpv4"
 
 
-class Icmpv4Packet:
+class Icmpv4Packet(View):
     """A view over one ICMP message; the buffer is exactly the message (the IP payload)."""
 
-    __slots__ = ("buffer",)
+    __slots__ = ()
+    _min_len = HEADER_LEN
+    _error = Icmpv4Error
 
-    def __init__(self, buffer: bytes | bytearray | memoryview) -> None:
-        self.buffer = memoryview(buffer)
-
-    @classmethod
-    def new_checked(cls, buffer: bytes | bytearray | memoryview) -> Icmpv4Packet:
-        packet = cls(buffer)
-        if len(packet.buffer) < HEADER_LEN:
-            raise Icmpv4Error("truncated", f"{len(packet.buffer)} bytes")
-        return packet
-
-    @property
-    def type(self) -> int:
-        return self.buffer[0]
-
-    @type.setter
-    def type(self, value: int) -> None:
-        self.buffer[0] = value
-
-    @property
-    def code(self) -> int:
-        return self.buffer[1]
-
-    @code.setter
-    def code(self, value: int) -> None:
-        self.buffer[1] = value
-
-    @property
-    def checksum(self) -> int:
-        return (self.buffer[2] << 8) | self.buffer[3]
-
-    @checksum.setter
-    def checksum(self, value: int) -> None:
-        self.buffer[2] = value >> 8
-        self.buffer[3] = value & 0xFF
-
-    @property
-    def rest(self) -> int:
-        """The 32-bit "rest of header" word after the checksum."""
-        return int.from_bytes(self.buffer[4:8], "big")
-
-    @rest.setter
-    def rest(self, value: int) -> None:
-        self.buffer[4:8] = value.to_bytes(4, "big")
-
-    @property
-    def ident(self) -> int:
-        return (self.buffer[4] << 8) | self.buffer[5]
-
-    @ident.setter
-    def ident(self, value: int) -> None:
-        self.buffer[4] = value >> 8
-        self.buffer[5] = value & 0xFF
-
-    @property
-    def sequence(self) -> int:
-        return (self.buffer[6] << 8) | self.buffer[7]
-
-    @sequence.setter
-    def sequence(self, value: int) -> None:
-        self.buffer[6] = value >> 8
-        self.buffer[7] = value & 0xFF
+    type = U8(0)
+    code = U8(1)
+    checksum = U16(2)
+    rest = U32(4, 'The 32-bit "rest of header" word after the checksum.')
+    # Echo and Echo Reply split ``rest`` in two.
+    ident = U16(4)
+    sequence = U16(6)
 
     @property
     def data(self) -> memoryview:
@@ -136,12 +85,8 @@ class Icmpv4Packet:
         return _checksum.is_valid(self.buffer)
 
     def fill_checksum(self) -> None:
-        buf = self.buffer
-        buf[2] = 0
-        buf[3] = 0
-        value = _checksum.checksum(buf)
-        buf[2] = value >> 8
-        buf[3] = value & 0xFF
+        self.checksum = 0
+        self.checksum = _checksum.checksum(self.buffer)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -45,6 +45,7 @@ import struct
 
 from netstack.wire import checksum as _checksum
 from netstack.wire.errors import WireError
+from netstack.wire.view import U8, U16, Bytes, Flag, View
 
 HEADER_LEN = 20
 
@@ -67,35 +68,28 @@ class Ipv4Error(WireError):
     layer = "ipv4"
 
 
-class Ipv4Packet:
+class Ipv4Packet(View):
     """A view over one IPv4 datagram (header, options, payload, then padding)."""
 
-    __slots__ = ("buffer",)
+    __slots__ = ()
+    _min_len = HEADER_LEN
+    _error = Ipv4Error
 
-    def __init__(self, buffer: bytes | bytearray | memoryview) -> None:
-        self.buffer = memoryview(buffer)
-
-    @classmethod
-    def new_checked(cls, buffer: bytes | bytearray | memoryview) -> Ipv4Packet:
-        packet = cls(buffer)
-        buf = packet.buffer
-        length = len(buf)
-        if length < HEADER_LEN:
-            raise Ipv4Error("truncated", f"{length} bytes")
+    def _check(self, size: int) -> None:
+        buf = self.buffer
         version = buf[0] >> 4
         if version != 4:
             raise Ipv4Error("bad_version", f"version {version}")
         header_len = (buf[0] & 0x0F) << 2
         if header_len < HEADER_LEN:
             raise Ipv4Error("bad_header_length", f"IHL {header_len >> 2}")
-        if header_len > length:
-            raise Ipv4Error("truncated", f"header {header_len} > {length} bytes")
+        if header_len > size:
+            raise Ipv4Error("truncated", f"header {header_len} > {size} bytes")
         total_length = (buf[2] << 8) | buf[3]
         if total_length < header_len:
             raise Ipv4Error("bad_length", f"total length {total_length} < header {header_len}")
-        if total_length > length:
-            raise Ipv4Error("truncated", f"total length {total_length} > {length} bytes")
-        return packet
+        if total_length > size:
+            raise Ipv4Error("truncated", f"total length {total_length} > {size} bytes")
 
     @property
     def version(self) -> int:
@@ -116,47 +110,11 @@ class Ipv4Packet:
             raise ValueError(f"IPv4 header length must be a multiple of 4 in 20..60, not {value}")
         self.buffer[0] = (self.buffer[0] & 0xF0) | (value >> 2)
 
-    @property
-    def dscp_ecn(self) -> int:
-        return self.buffer[1]
-
-    @dscp_ecn.setter
-    def dscp_ecn(self, value: int) -> None:
-        self.buffer[1] = value
-
-    @property
-    def total_length(self) -> int:
-        return (self.buffer[2] << 8) | self.buffer[3]
-
-    @total_length.setter
-    def total_length(self, value: int) -> None:
-        self.buffer[2] = value >> 8
-        self.buffer[3] = value & 0xFF
-
-    @property
-    def ident(self) -> int:
-        return (self.buffer[4] << 8) | self.buffer[5]
-
-    @ident.setter
-    def ident(self, value: int) -> None:
-        self.buffer[4] = value >> 8
-        self.buffer[5] = value & 0xFF
-
-    @property
-    def dont_fragment(self) -> bool:
-        return bool(self.buffer[6] & 0x40)
-
-    @dont_fragment.setter
-    def dont_fragment(self, value: bool) -> None:
-        self.buffer[6] = (self.buffer[6] | 0x40) if value else (self.buffer[6] & ~0x40)
-
-    @property
-    def more_fragments(self) -> bool:
-        return bool(self.buffer[6] & 0x20)
-
-    @more_fragments.setter
-    def more_fragments(self, value: bool) -> None:
-        self.buffer[6] = (self.buffer[6] | 0x20) if value else (self.buffer[6] & ~0x20)
+    dscp_ecn = U8(1)
+    total_length = U16(2)
+    ident = U16(4)
+    dont_fragment = Flag(6, 0x40)
+    more_fragments = Flag(6, 0x20)
 
     @property
     def frag_offset(self) -> int:
@@ -171,46 +129,11 @@ class Ipv4Packet:
         self.buffer[6] = (self.buffer[6] & 0xE0) | (blocks >> 8)
         self.buffer[7] = blocks & 0xFF
 
-    @property
-    def ttl(self) -> int:
-        return self.buffer[8]
-
-    @ttl.setter
-    def ttl(self, value: int) -> None:
-        self.buffer[8] = value
-
-    @property
-    def protocol(self) -> int:
-        return self.buffer[9]
-
-    @protocol.setter
-    def protocol(self, value: int) -> None:
-        self.buffer[9] = value
-
-    @property
-    def checksum(self) -> int:
-        return (self.buffer[10] << 8) | self.buffer[11]
-
-    @checksum.setter
-    def checksum(self, value: int) -> None:
-        self.buffer[10] = value >> 8
-        self.buffer[11] = value & 0xFF
-
-    @property
-    def src(self) -> bytes:
-        return bytes(self.buffer[12:16])
-
-    @src.setter
-    def src(self, value: bytes) -> None:
-        self.buffer[12:16] = value
-
-    @property
-    def dst(self) -> bytes:
-        return bytes(self.buffer[16:20])
-
-    @dst.setter
-    def dst(self, value: bytes) -> None:
-        self.buffer[16:20] = value
+    ttl = U8(8)
+    protocol = U8(9)
+    checksum = U16(10)
+    src = Bytes(12, 4)
+    dst = Bytes(16, 4)
 
     @property
     def options(self) -> memoryview:
@@ -225,12 +148,8 @@ class Ipv4Packet:
         return _checksum.is_valid(self.buffer[: self.header_len])
 
     def fill_checksum(self) -> None:
-        buf = self.buffer
-        buf[10] = 0
-        buf[11] = 0
-        value = _checksum.checksum(buf[: self.header_len])
-        buf[10] = value >> 8
-        buf[11] = value & 0xFF
+        self.checksum = 0
+        self.checksum = _checksum.checksum(self.buffer[: self.header_len])
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

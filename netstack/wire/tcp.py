@@ -122,6 +122,7 @@ import struct
 
 from netstack.wire import checksum as _checksum
 from netstack.wire.errors import WireError
+from netstack.wire.view import U8, U16, U32, View
 
 HEADER_LEN = 20
 MAX_HEADER_LEN = 60
@@ -151,7 +152,6 @@ MAX_SACK_BLOCKS = 4  # RFC 2018 3: (40 - 2) // 8
 
 # src port, dst port, seq, ack, data offset byte, flags, window, checksum, urgent
 _HEADER = struct.Struct("!HHIIBBHHH")
-_U32 = struct.Struct("!I")
 _TWO_U32 = struct.Struct("!II")
 _MSS_OPTION = struct.Struct("!BBH")
 _TIMESTAMPS_OPTION = struct.Struct("!BBBBII")  # with the two bytes in front of it
@@ -166,61 +166,24 @@ class TcpError(WireError):
     layer = "tcp"
 
 
-class TcpPacket:
+class TcpPacket(View):
     """A view over one TCP segment: exactly the IP payload, header to last payload byte."""
 
-    __slots__ = ("buffer",)
+    __slots__ = ()
+    _min_len = HEADER_LEN
+    _error = TcpError
 
-    def __init__(self, buffer: bytes | bytearray | memoryview) -> None:
-        self.buffer = memoryview(buffer)
-
-    @classmethod
-    def new_checked(cls, buffer: bytes | bytearray | memoryview) -> TcpPacket:
-        packet = cls(buffer)
-        buf = packet.buffer
-        size = len(buf)
-        if size < HEADER_LEN:
-            raise TcpError("truncated", f"{size} bytes")
-        header_len = (buf[12] >> 4) << 2
+    def _check(self, size: int) -> None:
+        header_len = (self.buffer[12] >> 4) << 2
         if header_len < HEADER_LEN:
             raise TcpError("bad_header_length", f"data offset {header_len >> 2}")
         if header_len > size:
             raise TcpError("truncated", f"header {header_len} > {size} bytes")
-        return packet
 
-    @property
-    def src_port(self) -> int:
-        return (self.buffer[0] << 8) | self.buffer[1]
-
-    @src_port.setter
-    def src_port(self, value: int) -> None:
-        self.buffer[0] = value >> 8
-        self.buffer[1] = value & 0xFF
-
-    @property
-    def dst_port(self) -> int:
-        return (self.buffer[2] << 8) | self.buffer[3]
-
-    @dst_port.setter
-    def dst_port(self, value: int) -> None:
-        self.buffer[2] = value >> 8
-        self.buffer[3] = value & 0xFF
-
-    @property
-    def seq(self) -> int:
-        return _U32.unpack_from(self.buffer, 4)[0]
-
-    @seq.setter
-    def seq(self, value: int) -> None:
-        _U32.pack_into(self.buffer, 4, value)
-
-    @property
-    def ack(self) -> int:
-        return _U32.unpack_from(self.buffer, 8)[0]
-
-    @ack.setter
-    def ack(self, value: int) -> None:
-        _U32.pack_into(self.buffer, 8, value)
+    src_port = U16(0)
+    dst_port = U16(2)
+    seq = U32(4)
+    ack = U32(8)
 
     @property
     def header_len(self) -> int:
@@ -233,41 +196,10 @@ class TcpPacket:
             raise ValueError(f"TCP header length must be a multiple of 4 in 20..60, not {value}")
         self.buffer[12] = (value << 2) | (self.buffer[12] & 0x0F)
 
-    @property
-    def flags(self) -> int:
-        """CWR ECE URG ACK PSH RST SYN FIN, as the bits ``CWR`` .. ``FIN``."""
-        return self.buffer[13]
-
-    @flags.setter
-    def flags(self, value: int) -> None:
-        self.buffer[13] = value
-
-    @property
-    def window(self) -> int:
-        return (self.buffer[14] << 8) | self.buffer[15]
-
-    @window.setter
-    def window(self, value: int) -> None:
-        self.buffer[14] = value >> 8
-        self.buffer[15] = value & 0xFF
-
-    @property
-    def checksum(self) -> int:
-        return (self.buffer[16] << 8) | self.buffer[17]
-
-    @checksum.setter
-    def checksum(self, value: int) -> None:
-        self.buffer[16] = value >> 8
-        self.buffer[17] = value & 0xFF
-
-    @property
-    def urgent(self) -> int:
-        return (self.buffer[18] << 8) | self.buffer[19]
-
-    @urgent.setter
-    def urgent(self, value: int) -> None:
-        self.buffer[18] = value >> 8
-        self.buffer[19] = value & 0xFF
+    flags = U8(13, "CWR ECE URG ACK PSH RST SYN FIN, as the bits ``CWR`` .. ``FIN``.")
+    window = U16(14)
+    checksum = U16(16)
+    urgent = U16(18)
 
     @property
     def options(self) -> memoryview:
@@ -284,12 +216,8 @@ class TcpPacket:
 
     def fill_checksum(self, pseudo_sum: int) -> None:
         """Compute the checksum over the whole buffer (pseudo-header for its length)."""
-        buf = self.buffer
-        buf[16] = 0
-        buf[17] = 0
-        value = _checksum.checksum(buf, pseudo_sum)
-        buf[16] = value >> 8
-        buf[17] = value & 0xFF
+        self.checksum = 0
+        self.checksum = _checksum.checksum(self.buffer, pseudo_sum)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

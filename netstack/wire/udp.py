@@ -36,6 +36,7 @@ import struct
 
 from netstack.wire import checksum as _checksum
 from netstack.wire.errors import WireError
+from netstack.wire.view import U16, View
 
 HEADER_LEN = 8
 
@@ -47,63 +48,24 @@ class UdpError(WireError):
     layer = "udp"
 
 
-class UdpPacket:
+class UdpPacket(View):
     """A view over one UDP datagram (the IP payload)."""
 
-    __slots__ = ("buffer",)
+    __slots__ = ()
+    _min_len = HEADER_LEN
+    _error = UdpError
 
-    def __init__(self, buffer: bytes | bytearray | memoryview) -> None:
-        self.buffer = memoryview(buffer)
-
-    @classmethod
-    def new_checked(cls, buffer: bytes | bytearray | memoryview) -> UdpPacket:
-        packet = cls(buffer)
-        buf = packet.buffer
-        size = len(buf)
-        if size < HEADER_LEN:
-            raise UdpError("truncated", f"{size} bytes")
-        length = (buf[4] << 8) | buf[5]
+    def _check(self, size: int) -> None:
+        length = self.length
         if length < HEADER_LEN:
             raise UdpError("bad_length", f"length {length}")
         if length > size:
             raise UdpError("truncated", f"length {length} > {size} bytes")
-        return packet
 
-    @property
-    def src_port(self) -> int:
-        return (self.buffer[0] << 8) | self.buffer[1]
-
-    @src_port.setter
-    def src_port(self, value: int) -> None:
-        self.buffer[0] = value >> 8
-        self.buffer[1] = value & 0xFF
-
-    @property
-    def dst_port(self) -> int:
-        return (self.buffer[2] << 8) | self.buffer[3]
-
-    @dst_port.setter
-    def dst_port(self, value: int) -> None:
-        self.buffer[2] = value >> 8
-        self.buffer[3] = value & 0xFF
-
-    @property
-    def length(self) -> int:
-        return (self.buffer[4] << 8) | self.buffer[5]
-
-    @length.setter
-    def length(self, value: int) -> None:
-        self.buffer[4] = value >> 8
-        self.buffer[5] = value & 0xFF
-
-    @property
-    def checksum(self) -> int:
-        return (self.buffer[6] << 8) | self.buffer[7]
-
-    @checksum.setter
-    def checksum(self, value: int) -> None:
-        self.buffer[6] = value >> 8
-        self.buffer[7] = value & 0xFF
+    src_port = U16(0)
+    dst_port = U16(2)
+    length = U16(4)
+    checksum = U16(6)
 
     @property
     def payload(self) -> memoryview:
@@ -111,23 +73,18 @@ class UdpPacket:
 
     def verify_checksum(self, src_ip: bytes, dst_ip: bytes) -> bool:
         """True when the checksum is right, or zero ("no checksum", allowed over IPv4)."""
-        buf = self.buffer
-        if buf[6] == 0 and buf[7] == 0:
+        if self.checksum == 0:
             return True
-        length = (buf[4] << 8) | buf[5]
+        length = self.length
         initial = _checksum.pseudo_header_ipv4(src_ip, dst_ip, _PROTOCOL_UDP, length)
-        return _checksum.is_valid(buf[:length], initial)
+        return _checksum.is_valid(self.buffer[:length], initial)
 
     def fill_checksum(self, src_ip: bytes, dst_ip: bytes) -> None:
-        buf = self.buffer
-        buf[6] = 0
-        buf[7] = 0
-        length = (buf[4] << 8) | buf[5]
+        self.checksum = 0
+        length = self.length
         initial = _checksum.pseudo_header_ipv4(src_ip, dst_ip, _PROTOCOL_UDP, length)
         # RFC 768: a computed zero is sent as all ones; zero means "none".
-        value = _checksum.checksum(buf[:length], initial) or 0xFFFF
-        buf[6] = value >> 8
-        buf[7] = value & 0xFF
+        self.checksum = _checksum.checksum(self.buffer[:length], initial) or 0xFFFF
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
