@@ -21,7 +21,6 @@ import sys
 from types import ModuleType
 from typing import Any, NoReturn
 
-from netstack.devices.faults import FaultConfig, FaultInjector
 from netstack.protocols import Clock, Netif
 
 EX_USAGE = 64
@@ -62,7 +61,11 @@ def _ipv4_address(text: str) -> ipaddress.IPv4Address:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
-def _faults(text: str) -> FaultConfig:
+def _faults(text: str) -> Any:
+    # Imported only when asked for: its parser pulls in decimal, memory that
+    # most runs (and every hvt guest without --faults) need not carry.
+    from netstack.devices.faults import FaultConfig
+
     try:
         return FaultConfig.parse(text)
     except ValueError as error:
@@ -173,6 +176,8 @@ def open_netif(platform: ModuleType, args: argparse.Namespace, clock: Clock) -> 
         options["offload"] = False
     netif: Any = platform.netif(args.interface, host_address=host_side, **options)
     if args.faults is not None:
+        from netstack.devices.faults import FaultInjector
+
         netif = FaultInjector(netif, args.faults, clock=clock)
     if args.pcap:
         # Imported here: dpkt costs a few MiB of RSS that most runs never need.

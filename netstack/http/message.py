@@ -36,10 +36,11 @@ header raises ``ValueError``: the application's bug, found where it is made.
 
 from __future__ import annotations
 
+import time
+
 import http
 import json
 from collections.abc import Iterable, Iterator, Mapping
-from email.utils import formatdate
 from typing import Any
 
 SERVER_NAME = "netstack"
@@ -49,6 +50,24 @@ _FORBIDDEN_IN_FIELDS = ("\r", "\n", "\0")
 _TOKEN_CHARS = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
 HeaderInput = Mapping[str, str] | Iterable[tuple[str, str]] | None
+
+
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def http_date(seconds: int) -> str:
+    """RFC 9110 5.6.7 IMF-fixdate, e.g. ``Sun, 06 Nov 1994 08:49:37 GMT``.
+
+    Written out rather than taken from ``email.utils``, whose import pulls in
+    datetime, random and urllib (memory an hvt guest does not have to spare);
+    names are fixed English, whatever the locale.
+    """
+    t = time.gmtime(seconds)
+    return (
+        f"{_DAYS[t.tm_wday]}, {t.tm_mday:02d} {_MONTHS[t.tm_mon - 1]} {t.tm_year} "
+        f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} GMT"
+    )
 
 
 class Headers:
@@ -363,5 +382,5 @@ class DateCache:
         second = self._wall_ns() // 1_000_000_000
         if second != self._second:
             self._second = second
-            self._line = b"Date: " + formatdate(second, usegmt=True).encode("ascii") + b"\r\n"
+            self._line = b"Date: " + http_date(second).encode("ascii") + b"\r\n"
         return self._line

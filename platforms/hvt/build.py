@@ -134,7 +134,14 @@ class Plan:
         }
 
     def main_source(self) -> str:
+        # A guest has no TLS (nothing it could verify a certificate with), and
+        # asyncio's optional import of ssl loads OpenSSL: several MiB of RSS.
+        # The tender runs the guest with -S (no site, see tender.py) and names
+        # the site-packages directories to search for third-party modules.
         return (
+            "import os, sys\n"
+            "sys.modules.setdefault('ssl', None)\n"
+            "sys.path.extend(p for p in os.environ.get('NETSTACK_HVT_SITE', '').split(os.pathsep) if p)\n"
             f"from {ENTRY_POINT} import main\n"
             f"main({json.dumps(self.application)}, preload={json.dumps(list(self.preload))})\n"
         )

@@ -310,7 +310,7 @@ def _preload(modules: Sequence[str]) -> None:
     # OpenSSL reads its configuration file on first use.
     if "hashlib" in sys.modules:
         sys.modules["hashlib"].sha256(b"").digest()
-    if "ssl" in sys.modules:
-        ssl = sys.modules["ssl"]
+    ssl = sys.modules.get("ssl")  # None when the image's __main__ left TLS out
+    if ssl is not None:
         ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
 

@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import _imp
 import ctypes
-import ctypes.util
 import errno
 import linecache
 import os
@@ -250,22 +249,26 @@ def _disable_linecache() -> None:
 # -- libseccomp ---------------------------------------------------------------------------
 
 _library: ctypes.CDLL | None = None
+LIBRARY_NAMES = ("libseccomp.so.2", "libseccomp.so")
 
 
 def _libseccomp() -> ctypes.CDLL:
     global _library
     if _library is not None:
         return _library
-    path = ctypes.util.find_library("seccomp")
-    if path is None:
+    # dlopen searches the linker's cache itself; ctypes.util.find_library
+    # would import subprocess and friends into every guest to do the same.
+    for path in LIBRARY_NAMES:
+        try:
+            library = ctypes.CDLL(path, use_errno=True)
+            break
+        except OSError:
+            continue
+    else:
         raise SandboxError(
             "libseccomp is not installed, and an hvt guest cannot run without its sandbox "
             "(apt-get install libseccomp2)"
         )
-    try:
-        library = ctypes.CDLL(path, use_errno=True)
-    except OSError as error:
-        raise SandboxError(f"cannot load {path}: {error} (apt-get install libseccomp2)") from None
     library.seccomp_init.restype = ctypes.c_void_p
     library.seccomp_init.argtypes = [ctypes.c_uint32]
     library.seccomp_attr_set.restype = ctypes.c_int

@@ -23,14 +23,21 @@ block device (``tender_devices.number_handles``; ABI.md, "Handles").
 ``POLL``'s ready set is over net handles, so an image may declare at most 64
 of them.
 
-**The guest** is ``python -I IMAGE ARGS...``: isolated mode, so that neither
-the tender's environment (``PYTHONPATH``) nor the current directory reaches
-its ``sys.path``; an image carries every module it needs, and the tender adds
-nothing. It starts in its own session (a terminal's Ctrl-C reaches the
+**The guest** is ``python -I -S -OO IMAGE ARGS...``: isolated mode, so that
+neither the tender's environment (``PYTHONPATH``) nor the current directory
+reaches its ``sys.path``; an image carries every project module it needs.
+``-S`` skips ``site``, whose ``.pth`` processing imports whatever the host's
+packages ask for (several MiB the guest would carry for ever); instead
+``NETSTACK_HVT_SITE`` names the interpreter's site-packages directories, which
+the image's ``__main__`` appends to ``sys.path`` for the third-party modules
+it preloads (httptools). ``-OO`` drops docstrings (and asserts, which our
+code uses only to narrow types): the theory-of-operation texts are for
+readers of the source, not for a guest's memory. It starts in its own session (a terminal's Ctrl-C reaches the
 tender, which then stops the guest deliberately), in ``/``, with
 ``/dev/null`` on stdin, stdout and stderr (its console is ``PUTS``), an
-environment of ``PATH``, ``LANG=C.UTF-8`` and ``NETSTACK_HVT_CHANNEL`` (the
-number of its one inherited descriptor, the channel) and nothing else, and
+environment of ``PATH``, ``LANG=C.UTF-8``, ``NETSTACK_HVT_SITE`` and
+``NETSTACK_HVT_CHANNEL`` (the number of its one inherited descriptor, the
+channel) and nothing else, and
 ``PR_SET_PDEATHSIG`` so that it dies with the tender. ``--mem`` (default 512
 MiB, Solo5's default) becomes ``RLIMIT_AS``. The address-space limit is what
 bounds a Python process's heap on every kernel, whichever way the allocator
@@ -94,6 +101,7 @@ import re
 import resource
 import select
 import signal
+import site
 import socket
 import struct
 import subprocess
@@ -455,10 +463,11 @@ class Tender:
                 "PATH": os.environ.get("PATH", os.defpath),
                 "LANG": "C.UTF-8",
                 "NETSTACK_HVT_CHANNEL": str(guest_end.fileno()),
+                "NETSTACK_HVT_SITE": os.pathsep.join(site.getsitepackages()),
             }
             try:
                 self._guest = subprocess.Popen(
-                    [sys.executable, "-I", os.path.abspath(self.options.image), *self.options.args],
+                    [sys.executable, "-I", "-S", "-OO", os.path.abspath(self.options.image), *self.options.args],
                     stdin=subprocess.DEVNULL,
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
@@ -776,7 +785,9 @@ class Tender:
         guest = self._guest
         if guest is None:
             return EXIT_ABORT
-        if self._signals and self.halt is None and guest.poll() is None:
+        if self._signals and self.halt is None:
+            # Stopped by a signal and the guest did not halt (it died of the
+            # SIGTERM we passed on, or outlived the grace period).
             number = self._signals[0]
             _stop(guest, self._grace)
             self._say(f"tender: stopped by {_signal_name(number)}; the guest was terminated")

@@ -169,6 +169,9 @@ def test_manifest_and_main(fake: Path, tmp_path: Path) -> None:
     }
     assert raw == (json.dumps(manifest, sort_keys=True, separators=(",", ":")) + "\n").encode()
     assert archive.read("__main__.py").decode() == (
+        "import os, sys\n"
+        "sys.modules.setdefault('ssl', None)\n"
+        "sys.path.extend(p for p in os.environ.get('NETSTACK_HVT_SITE', '').split(os.pathsep) if p)\n"
         "from platforms.hvt.guest import main\n"
         f'main("services.app", preload={json.dumps(FAKE_PRELOAD)})\n'
     )
@@ -286,6 +289,9 @@ def test_suresh_manifest(suresh_image: zipfile.ZipFile) -> None:
     for host_only in ("uvloop", "pyroute2", "dpkt"):
         assert not any(name == host_only or name.startswith(host_only + ".") for name in manifest["preload"])
     assert suresh_image.read("__main__.py").decode() == (
+        "import os, sys\n"
+        "sys.modules.setdefault('ssl', None)\n"
+        "sys.path.extend(p for p in os.environ.get('NETSTACK_HVT_SITE', '').split(os.pathsep) if p)\n"
         "from platforms.hvt.guest import main\n"
         f'main("services.suresh", preload={json.dumps(manifest["preload"])})\n'
     )

@@ -422,7 +422,7 @@ def test_the_guest_gets_its_boot_info_one_channel_and_a_bare_environment(tmp_pat
     assert "cmdline ['--ipv4=10.0.0.2/24', 'two words']" in lines
     assert f"memory {96 << 20}" in lines
     assert f"devices [('disk', 4096, {8 * 4096})]" in lines
-    assert "environment ['LANG', 'NETSTACK_HVT_CHANNEL', 'PATH']" in lines
+    assert "environment ['LANG', 'NETSTACK_HVT_CHANNEL', 'NETSTACK_HVT_SITE', 'PATH']" in lines
     channel = int(next(line for line in lines if line.startswith("descriptors")).split()[-1])
     # stdin, stdout, stderr and the channel: nothing else inherited
     assert f"descriptors [0, 1, 2, {channel}] channel {channel}" in lines
