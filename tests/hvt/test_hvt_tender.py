@@ -803,3 +803,20 @@ def test_a_tap_the_tender_creates_is_removed_afterwards(netns: Namespace, tmp_pa
     assert result.returncode == 0, result.stdout + result.stderr
     assert "created" in result.stdout
     assert netns.run(["ip", "link", "show", "hvtnew0"], check=False).returncode != 0
+
+
+@pytest.mark.parametrize(
+    ("guest_args", "expected"),
+    [
+        ([], "10.0.0.1/24"),
+        (["--ipv4=10.0.0.2/24", "--ipv4-gateway=10.0.0.1"], "10.0.0.1/24"),
+        (["--ipv4=10.0.1.2/24"], "10.0.1.1/24"),
+        (["--ipv4", "192.168.5.9/16", "--ipv4-gateway", "192.168.0.254"], "192.168.0.254/16"),
+        (["--ipv4=10.0.0.1/24"], "10.0.0.2/24"),  # the first address is the guest's own
+        (["--ipv4=nonsense"], "10.0.0.1/24"),
+    ],
+)
+def test_a_tap_the_tender_creates_gets_the_host_address_the_guest_implies(guest_args, expected) -> None:
+    from platforms.hvt.tender_devices import host_side_address
+
+    assert host_side_address(guest_args) == expected
