@@ -61,14 +61,15 @@ halts the guest with status 255 (``guest.out_of_memory``).
 from __future__ import annotations
 
 import asyncio
-import gc
 import ctypes
-import signal
 import errno
+import gc
+import signal
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+from netstack import runner
 from netstack.clock import LoopClock
 from netstack.protocols import Frame, FrameBatch, Offload, PlatformError
 from platforms.hvt import guest, sandbox
@@ -138,40 +139,21 @@ def run(main: Awaitable[T]) -> T | None:
     Returns ``None`` when SIGTERM cancelled ``main``. Exceptions from
     ``main`` propagate after the netifs are closed. A guest runs one loop:
     once sandboxed it cannot make another (a loop's self-pipe is a new
-    socket pair, which the sandbox refuses).
+    socket pair, which the sandbox refuses). The sequence is
+    ``netstack.runner``'s; the sandbox goes on just before the loop runs.
+    SIGTERM arrives through the loop's self-pipe, which ``HvtSelector``
+    checks before every POLL (and the tender answers a pending POLL when
+    it passes the signal on), so it wakes the guest at once.
     """
     booted = guest.current()
     loop = asyncio.SelectorEventLoop(HvtSelector(booted.hypercalls))
-    asyncio.set_event_loop(loop)
     loop.set_exception_handler(_exception_handler)
-    signalled: list[int] = []
-    try:
-        task = asyncio.ensure_future(main, loop=loop)
 
-        def on_signal() -> None:
-            signalled.append(signal.SIGTERM)
-            task.cancel()
-
-        # The signal arrives through the loop's self-pipe, which HvtSelector
-        # checks before every POLL, so it wakes the guest at once.
-        loop.add_signal_handler(signal.SIGTERM, on_signal)
+    def before() -> None:
         _shed_boot_memory()
         sandbox.install(booted.hypercalls)
-        try:
-            return loop.run_until_complete(task)
-        except asyncio.CancelledError:
-            if signalled:
-                return None
-            raise
-    finally:
-        try:
-            _cancel_leftover_tasks(loop)
-            close_netifs()
-            loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.run_until_complete(loop.shutdown_default_executor())
-        finally:
-            asyncio.set_event_loop(None)
-            loop.close()
+
+    return runner.run(loop, main, close_devices=close_netifs, signals=(signal.SIGTERM,), before=before)
 
 
 def _shed_boot_memory() -> None:
@@ -465,17 +447,3 @@ def _exception_handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any])
     loop.default_exception_handler(context)
 
 
-def _cancel_leftover_tasks(loop: asyncio.AbstractEventLoop) -> None:
-    # As asyncio.run does: tasks main left behind may still use a netif, so
-    # they finish before the netifs close.
-    tasks = [task for task in asyncio.all_tasks(loop) if not task.done()]
-    if not tasks:
-        return
-    for task in tasks:
-        task.cancel()
-    loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
-    for task in tasks:
-        if not task.cancelled() and task.exception() is not None:
-            loop.call_exception_handler(
-                {"message": "unhandled exception in a task left running by main", "exception": task.exception(), "task": task}
-            )

@@ -29,15 +29,13 @@ interpreter exit for netifs opened without ever calling ``run``.
 
 from __future__ import annotations
 
-import asyncio
 import atexit
-import signal
-import threading
 from collections.abc import Awaitable
 from typing import TypeVar
 
 import uvloop
 
+from netstack import runner
 from netstack.clock import LoopClock
 
 from platforms.host.tap import TapNetif
@@ -76,40 +74,9 @@ def run(main: Awaitable[T]) -> T | None:
     Returns ``None`` when SIGINT or SIGTERM cancelled ``main``. Exceptions
     from ``main`` propagate, after the netifs have been closed. Signals are
     handled only when ``run`` is called from the main thread (Python allows
-    signal handlers nowhere else).
+    signal handlers nowhere else). The sequence is ``netstack.runner``'s.
     """
-    loop = uvloop.new_event_loop()
-    asyncio.set_event_loop(loop)
-    signalled: list[int] = []
-    installed: list[int] = []
-    try:
-        task = asyncio.ensure_future(main, loop=loop)
-
-        def on_signal(signum: int) -> None:
-            signalled.append(signum)
-            task.cancel()
-
-        if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(signum, on_signal, signum)
-                installed.append(signum)
-        try:
-            return loop.run_until_complete(task)
-        except asyncio.CancelledError:
-            if signalled:
-                return None
-            raise
-    finally:
-        try:
-            _cancel_leftover_tasks(loop)
-            close_netifs()
-            loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.run_until_complete(loop.shutdown_default_executor())
-        finally:
-            for signum in installed:
-                loop.remove_signal_handler(signum)
-            asyncio.set_event_loop(None)
-            loop.close()
+    return runner.run(uvloop.new_event_loop(), main, close_devices=close_netifs)
 
 
 def close_netifs() -> None:
@@ -122,22 +89,6 @@ def close_netifs() -> None:
             errors.append(error)
     if errors:
         raise errors[0]
-
-
-def _cancel_leftover_tasks(loop: asyncio.AbstractEventLoop) -> None:
-    # As asyncio.run does: tasks main left behind may still hold a netif, so
-    # they finish before the netifs close.
-    tasks = [task for task in asyncio.all_tasks(loop) if not task.done()]
-    if not tasks:
-        return
-    for task in tasks:
-        task.cancel()
-    loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
-    for task in tasks:
-        if not task.cancelled() and task.exception() is not None:
-            loop.call_exception_handler(
-                {"message": "unhandled exception in a task left running by main", "exception": task.exception(), "task": task}
-            )
 
 
 atexit.register(close_netifs)
