@@ -41,7 +41,6 @@ from netstack.arp import ArpConfig, ArpCore
 from netstack.icmp import IcmpConfig, Icmpv4
 from netstack.ipv4 import Ipv4, Ipv4Config
 from netstack.protocols import Clock, FrameBatch, Netif, TimerHandle
-from netstack.tcp.connection import TcpConfig
 from netstack.tcp.layer import TcpLayer, TcpLayerConfig
 from netstack.tcp.transport import TcpServer, TcpTransport
 from netstack.udp import Udp, UdpTransport, _pack_address

@@ -68,7 +68,7 @@ from netstack.tcp import seq as sq
 from netstack.tcp.buffers import Reassembly, Scoreboard
 from netstack.tcp.congestion import CongestionControl, NewReno
 from netstack.tcp.rtt import RttEstimator
-from netstack.tcp.states import CAN_RECEIVE, CAN_SEND, FIN_SENT, SYNCHRONIZED, Event, State, next_state
+from netstack.tcp.states import CAN_RECEIVE, CAN_SEND, SYNCHRONIZED, Event, State, next_state
 from netstack.wire.tcp import ACK, FIN, PSH, RST, SYN, NO_OPTIONS, TcpOptions, TcpRepr
 
 MS = 1_000_000
