@@ -264,9 +264,12 @@ def parse_args(argv: Sequence[str]) -> Options | None:
 
 
 def describe_end(
-    returncode: int, halt: tuple[int, str] | None, refused_call: str | None, mem_mb: int
+    returncode: int, halt: tuple[int, str] | None, refused_call: str | None, mem_mb: int, *, booted: bool = True
 ) -> tuple[int, str | None]:
-    """``(exit status, line or None)`` for a guest that ended so (see the module docstring)."""
+    """``(exit status, line or None)`` for a guest that ended so (see the module docstring).
+
+    ``booted``: whether the guest made any hypercall at all.
+    """
     if halt is not None:
         status, reason = halt
         code = min(status, EXIT_ABORT)
@@ -274,7 +277,11 @@ def describe_end(
             return 0, None
         return code, f"guest halted with status {status}" + (f": {reason}" if reason else "")
     if returncode >= 0:
-        return returncode, f"guest exited with status {returncode} without halting"
+        # A guest that failed before its first hypercall never reached its
+        # boot code (which halts on every error): most often the interpreter
+        # could not map itself in the address space --mem allows.
+        hint = f" before booting (could it start in {mem_mb} MiB? see --mem)" if returncode and not booted else ""
+        return returncode, f"guest exited with status {returncode} without halting{hint}"
     number = -returncode
     name = _signal_name(number)
     if number == signal.SIGSYS:
@@ -801,7 +808,9 @@ class Tender:
             if self.halt is None:
                 self._say("tender: the guest closed its channel without halting and was stopped")
                 return EXIT_ABORT
-        code, line = describe_end(returncode, self.halt, self.refused_call, self.options.mem_mb)
+        code, line = describe_end(
+            returncode, self.halt, self.refused_call, self.options.mem_mb, booted=self.stats["calls"] > 0
+        )
         if self.stats["malformed"]:
             self._say(
                 f"tender: {self.stats['malformed']} malformed hypercalls answered EINVAL (last: {self.last_error})"

@@ -664,7 +664,9 @@ def test_a_guest_that_does_not_catch_memory_error(tmp_path: Path) -> None:
     image = _zip(tmp_path / "hog.hvt", {"manifest.json": manifest, "__main__.py": "hog = bytearray(512 << 20)\n"})
     result = run_tender("--mem=48", "--", image)
     assert result.returncode == 1
-    assert result.stderr.splitlines()[-1] == "guest exited with status 1 without halting"
+    assert result.stderr.splitlines()[-1] == (
+        "guest exited with status 1 without halting before booting (could it start in 48 MiB? see --mem)"
+    )
 
 
 def test_sigterm_stops_the_guest_and_the_tender_exits_143(tmp_path: Path) -> None:
