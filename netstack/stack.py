@@ -109,6 +109,7 @@ class Stack:
         self._pings: dict[int, tuple[asyncio.Future[float], int, bytes, TimerHandle]] = {}
         self._transports: weakref.WeakSet[UdpTransport] = weakref.WeakSet()
         self._flush_scheduled = False
+        self._receiving = False
 
     # -- life cycle ----------------------------------------------------------
 
@@ -162,40 +163,46 @@ class Stack:
         stats = self.stats
         mac = self._mac
         out: list[bytearray] = []
-        for frame in batch:
-            view = memoryview(frame)
-            try:
-                if len(view) < ETHERNET_HEADER_LEN:
-                    stats["ethernet.truncated"] += 1
-                    continue
-                dst = view[0:6]
-                if dst != mac and dst != _BROADCAST:
-                    stats["ethernet.not_for_us"] += 1
-                    continue
-                ethertype = (view[12] << 8) | view[13]
-                if ethertype == ETHERTYPE_IPV4:
-                    datagram = self.ipv4.handle(view[ETHERNET_HEADER_LEN:], now)
-                    if datagram is None:
+        # Applications answer from inside data_received; the flush at the end
+        # of this batch carries their writes, so they need not schedule one.
+        self._receiving = True
+        try:
+            for frame in batch:
+                view = memoryview(frame)
+                try:
+                    if len(view) < ETHERNET_HEADER_LEN:
+                        stats["ethernet.truncated"] += 1
                         continue
-                    protocol = datagram.protocol
-                    if protocol == PROTOCOL_TCP:
-                        out += self.tcp.handle(datagram, now)
-                    elif protocol == PROTOCOL_UDP:
-                        out += self.udp.handle(datagram, now)
-                    elif protocol == PROTOCOL_ICMP:
-                        out += self.icmp.handle(datagram, now)
+                    dst = view[0:6]
+                    if dst != mac and dst != _BROADCAST:
+                        stats["ethernet.not_for_us"] += 1
+                        continue
+                    ethertype = (view[12] << 8) | view[13]
+                    if ethertype == ETHERTYPE_IPV4:
+                        datagram = self.ipv4.handle(view[ETHERNET_HEADER_LEN:], now)
+                        if datagram is None:
+                            continue
+                        protocol = datagram.protocol
+                        if protocol == PROTOCOL_TCP:
+                            out += self.tcp.handle(datagram, now)
+                        elif protocol == PROTOCOL_UDP:
+                            out += self.udp.handle(datagram, now)
+                        elif protocol == PROTOCOL_ICMP:
+                            out += self.icmp.handle(datagram, now)
+                        else:
+                            stats["ipv4.protocol_unsupported"] += 1
+                    elif ethertype == ETHERTYPE_ARP:
+                        out += self.arp.handle(view[ETHERNET_HEADER_LEN:], now)
+                    elif ethertype == ETHERTYPE_IPV6:
+                        stats["ethernet.ipv6_unsupported"] += 1
+                    elif ethertype < 0x0600:
+                        stats["ethernet.unsupported_length_field"] += 1
                     else:
-                        stats["ipv4.protocol_unsupported"] += 1
-                elif ethertype == ETHERTYPE_ARP:
-                    out += self.arp.handle(view[ETHERNET_HEADER_LEN:], now)
-                elif ethertype == ETHERTYPE_IPV6:
-                    stats["ethernet.ipv6_unsupported"] += 1
-                elif ethertype < 0x0600:
-                    stats["ethernet.unsupported_length_field"] += 1
-                else:
-                    stats["ethernet.unknown_ethertype"] += 1
-            except WireError as error:
-                stats[error.counter] += 1
+                        stats["ethernet.unknown_ethertype"] += 1
+                except WireError as error:
+                    stats[error.counter] += 1
+        finally:
+            self._receiving = False
         out += self.tcp.flush(now)
         if out:
             self._transmit(out)
@@ -203,7 +210,7 @@ class Stack:
 
     def schedule_flush(self) -> None:
         """Flush TCP output once at the end of this loop iteration (many writes, one pass)."""
-        if not self._flush_scheduled and not self._closed:
+        if not self._flush_scheduled and not self._receiving and not self._closed:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
 

@@ -79,7 +79,10 @@ class Suresh:
         )
         self._not_found = respond_string(status=404, body="not found")
 
-    async def callback(self, request: Request) -> Response:
+    def callback(self, request: Request) -> Response:
+        """Every answer is ready at once, so the callback is a plain function:
+        ``Http`` then answers within the same loop iteration, without a task
+        per request (an ``async def`` works too, at that cost)."""
         path = request.path
         if path == "/":
             return self._home

@@ -54,7 +54,7 @@ class MockListening:
 
 
 def answer(app: Suresh, path: str) -> tuple[int, str | None, bytes]:
-    response = asyncio.run(app.callback(FakeRequest(path)))
+    response = app.callback(FakeRequest(path))
     return response.status, response.header("Content-Type"), response.body
 
 
