@@ -17,7 +17,7 @@ Commands::
     tcp-rtt         sequential 64-byte echoes on one open TCP connection (TCP_NODELAY)
     http-keepalive  sequential GET / on one open TCP connection
     curl-loop       one fresh `curl` per sample: connect, GET /, response, close
-    boot-poll       ICMP and UDP probes every millisecond until first answers
+    boot-poll       ICMP, UDP and HTTP probes every millisecond until first answers
     tcp-bulk        send to a discard port or receive from a source port
 
 The parsers (``parse_ping``, ``parse_wrk``, ``parse_curl_line``) are pure
@@ -27,6 +27,7 @@ functions, tested without a network.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import re
@@ -302,53 +303,149 @@ def _icmp_echo(identifier: int, sequence: int) -> bytes:
     return struct.pack("!BBHHH", 8, 0, ~total & 0xFFFF, identifier, sequence) + payload
 
 
-def boot_poll(host: str, udp_port: int, icmp: bool, timeout: float) -> dict[str, Any]:
+BOOT_HTTP_ATTEMPTS = 8
+"""Most TCP connection attempts a boot poller keeps open at once."""
+BOOT_HTTP_ATTEMPT_SECONDS = 0.2
+"""How long one attempt may wait for its connection before it is dropped for a fresh one."""
+BOOT_HTTP_RESPONSE_SECONDS = 5.0
+"""How long a connected attempt may wait for its response."""
+
+
+class _HttpAttempt:
+    """One non-blocking connection of the boot poller: connect, send ``GET /``, read the response."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.request = f"GET / HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n".encode()
+        self.started = time.monotonic()
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setblocking(False)
+        self.connected = False
+        self.buffer = bytearray()
+        code = self.sock.connect_ex((host, port))
+        if code == 0:
+            self._on_connected()
+        elif code != errno.EINPROGRESS:
+            raise OSError(code, os.strerror(code))  # no route yet (no tap), refused, ...
+
+    def _on_connected(self) -> None:
+        self.connected = True
+        self.sock.send(self.request)  # a few dozen bytes into an empty send buffer
+
+    def writable(self) -> None:
+        """The connect finished: fail with its error, or send the request."""
+        code = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if code != 0:
+            raise OSError(code, os.strerror(code))
+        self._on_connected()
+
+    def readable(self) -> bool:
+        """Read what arrived; ``True`` once a whole ``200`` response is in, ``OSError`` on anything else."""
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("closed before a whole response")
+        self.buffer += chunk
+        end = self.buffer.find(b"\r\n\r\n")
+        if end < 0:
+            return False
+        head = bytes(self.buffer[:end]).decode("latin-1")
+        if not head.startswith("HTTP/1.1 200"):
+            raise ConnectionError(f"answered {head.splitlines()[0]!r}")
+        length = re.search(r"(?im)^content-length:\s*(\d+)\s*$", head)
+        return length is None or len(self.buffer) >= end + 4 + int(length.group(1))
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def boot_poll(host: str, udp_port: int, icmp: bool, timeout: float, http_port: int = 0) -> dict[str, Any]:
     """Probe every millisecond until each probe kind is answered once; monotonic times.
+
+    Kinds: UDP echo on ``udp_port`` (0: none), ICMP echo (``icmp``) and a
+    whole ``GET /`` answered ``200`` on ``http_port`` (0: none). HTTP is
+    probed with up to ``BOOT_HTTP_ATTEMPTS`` non-blocking connections at a
+    time, a new one every millisecond while there is room; one that gets
+    no answer within ``BOOT_HTTP_ATTEMPT_SECONDS`` (its SYN went to a
+    guest that was not reading yet) is dropped for a fresh one, so the
+    kernel's 1 s SYN retransmission never decides the figure; a connected
+    one waits up to ``BOOT_HTTP_RESPONSE_SECONDS`` for its response.
+    ``http_ns`` is when the first whole response arrived.
 
     Prints ``polling`` first so that the benchmark starts the server only
     once this process is ready. Send errors (no route before the tap
-    exists, port unreachable before the server binds) are expected and
-    ignored; ``CLOCK_MONOTONIC`` is shared by every process, so the
-    benchmark subtracts its own start time.
+    exists, port unreachable or connection refused before the server binds)
+    are expected and ignored; ``CLOCK_MONOTONIC`` is shared by every
+    process, so the benchmark subtracts its own start time.
     """
-    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    udp.setblocking(False)
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM) if udp_port else None
+    if udp is not None:
+        udp.setblocking(False)
     icmp_socket = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP) if icmp else None
     if icmp_socket is not None:
         icmp_socket.setblocking(False)
     identifier = os.getpid() & 0xFFFF
-    answered: dict[str, int | None] = {"udp_ns": None, "icmp_ns": None if icmp else -1}
+    answered: dict[str, int | None] = {"udp_ns": None, "icmp_ns": None, "http_ns": None}
+    wanted = {key for key, on in (("udp_ns", udp_port), ("icmp_ns", icmp), ("http_ns", http_port)) if on}
+    attempts: list[_HttpAttempt] = []
     print("polling", flush=True)
     end = time.monotonic() + timeout
     sequence = 0
-    while time.monotonic() < end and None in answered.values():
-        sequence = (sequence + 1) & 0xFFFF
-        try:
-            if answered["udp_ns"] is None:
-                udp.sendto(b"boot-poll", (host, udp_port))
-        except OSError:
-            pass
-        try:
-            if icmp_socket is not None and answered["icmp_ns"] is None:
-                icmp_socket.sendto(_icmp_echo(identifier, sequence), (host, 0))
-        except OSError:
-            pass
-        readable, _, _ = select.select([udp] + ([icmp_socket] if icmp_socket else []), [], [], 0.001)
-        for sock in readable:
+    try:
+        while time.monotonic() < end and any(answered[key] is None for key in wanted):
+            sequence = (sequence + 1) & 0xFFFF
             try:
-                data = sock.recv(65536)
+                if udp is not None and answered["udp_ns"] is None:
+                    udp.sendto(b"boot-poll", (host, udp_port))
             except OSError:
-                continue
+                pass
+            try:
+                if icmp_socket is not None and answered["icmp_ns"] is None:
+                    icmp_socket.sendto(_icmp_echo(identifier, sequence), (host, 0))
+            except OSError:
+                pass
+            if http_port and answered["http_ns"] is None:
+                now_s = time.monotonic()
+                for attempt in [a for a in attempts if now_s - a.started > (
+                        BOOT_HTTP_RESPONSE_SECONDS if a.connected else BOOT_HTTP_ATTEMPT_SECONDS)]:
+                    attempt.close()
+                    attempts.remove(attempt)
+                if len(attempts) < BOOT_HTTP_ATTEMPTS:
+                    try:
+                        attempts.append(_HttpAttempt(host, http_port))
+                    except OSError:
+                        pass
+            readers: list[Any] = [sock for sock in (udp, icmp_socket) if sock is not None]
+            readers += [attempt.sock for attempt in attempts if attempt.connected]
+            writers = [attempt.sock for attempt in attempts if not attempt.connected]
+            readable, writable, _ = select.select(readers, writers, [], 0.001)
             now = time.monotonic_ns()
-            if sock is udp and data == b"boot-poll" and answered["udp_ns"] is None:
-                answered["udp_ns"] = now
-            elif sock is icmp_socket and answered["icmp_ns"] is None:
-                offset = (data[0] & 0x0F) * 4
-                if len(data) >= offset + 8 and data[offset] == 0:
-                    if struct.unpack_from("!H", data, offset + 4)[0] == identifier:
-                        answered["icmp_ns"] = now
-    if answered["icmp_ns"] == -1:
-        answered["icmp_ns"] = None
+            for attempt in list(attempts):
+                try:
+                    if attempt.sock in writable:
+                        attempt.writable()
+                    elif attempt.sock in readable and attempt.readable() and answered["http_ns"] is None:
+                        answered["http_ns"] = now
+                        attempt.close()
+                        attempts.remove(attempt)
+                except OSError:
+                    attempt.close()
+                    attempts.remove(attempt)
+            for sock in readable:
+                if sock is not udp and sock is not icmp_socket:
+                    continue
+                try:
+                    data = sock.recv(65536)
+                except OSError:
+                    continue
+                if sock is udp and data == b"boot-poll" and answered["udp_ns"] is None:
+                    answered["udp_ns"] = now
+                elif sock is icmp_socket and answered["icmp_ns"] is None:
+                    offset = (data[0] & 0x0F) * 4
+                    if len(data) >= offset + 8 and data[offset] == 0:
+                        if struct.unpack_from("!H", data, offset + 4)[0] == identifier:
+                            answered["icmp_ns"] = now
+    finally:
+        for attempt in attempts:
+            attempt.close()
     return answered
 
 
@@ -407,7 +504,8 @@ def main(argv: list[str] | None = None) -> int:
     curl.add_argument("--deadline", type=float, default=120.0)
     poll = commands.add_parser("boot-poll")
     poll.add_argument("--host", required=True)
-    poll.add_argument("--udp-port", type=int, default=7)
+    poll.add_argument("--udp-port", type=int, default=7, help="UDP echo port to probe (0: none)")
+    poll.add_argument("--http-port", type=int, default=0, help="HTTP port to probe with GET / (0: none)")
     poll.add_argument("--icmp", action="store_true")
     poll.add_argument("--timeout", type=float, default=20.0)
     bulk = commands.add_parser("tcp-bulk")
@@ -429,7 +527,8 @@ def main(argv: list[str] | None = None) -> int:
     elif arguments.command == "curl-loop":
         result = curl_loop(arguments.url, arguments.count, arguments.deadline)
     elif arguments.command == "boot-poll":
-        result = boot_poll(arguments.host, arguments.udp_port, arguments.icmp, arguments.timeout)
+        result = boot_poll(arguments.host, arguments.udp_port, arguments.icmp, arguments.timeout,
+                           arguments.http_port)
     else:
         result = tcp_bulk(arguments.host, arguments.port, arguments.direction, arguments.bytes,
                           arguments.deadline)

@@ -306,6 +306,25 @@ def distribution_table(results: Results, metric: Metric, *, reference: str | Non
     return table + "\n" + "".join(f"- {line}\n" for line in [*counts, *notes])
 
 
+def pair_note(results: Results, metric: Metric, row: str, base: str, *,
+              statistics_: Sequence[str] = ("median",)) -> str | None:
+    """``row`` against ``base`` in this run (e.g. hvt against unix): each statistic's ratio, or ``None``.
+
+    The tables' ratios are to the run's reference; this is the direct
+    comparison of two rows of the same run, for figures like "within 1.5×
+    of the unix target".
+    """
+    summary = results.summary(metric.key)
+    if row not in summary or base not in summary:
+        return None
+    parts = []
+    for name in statistics_:
+        value, reference = getattr(summary[row], name), getattr(summary[base], name)
+        if reference:
+            parts.append(f"{name} {format_number(value)} / {format_number(reference)} = {value / reference:.2f}×")
+    return f"{row} against {base}, same run: " + ", ".join(parts) if parts else None
+
+
 def skipped_lines(results: Results) -> str:
     return "".join(f"- skipped {row}: {reason}\n" for row, reason in results.skipped.items())
 

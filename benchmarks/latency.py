@@ -12,8 +12,10 @@ Two figures per target, alternating targets round by round:
   ``time.perf_counter_ns``. The same client for every target, so its own
   cost is a constant that the ratios see through.
 
-Targets: Suresh on our direct stack over a tap (and, when they exist, on hvt
-and on ``--net socket``), and the peers over veth: a raw asyncio
+Targets: Suresh on our direct stack over a tap (the unix platform), as an
+hvt guest under the tender over a tap (``--platform hvt``: the image is
+built in the target's temporary directory when it starts, before any
+round), and on ``--net socket``, and the peers over veth: a raw asyncio
 ``Protocol`` on uvloop (the reference of every ratio), aiohttp, uvicorn with
 httptools, and nginx. Every target must answer ``GET /`` with the same body
 (checked once before the rounds) or it is skipped. Figures in µs.
@@ -32,6 +34,7 @@ from benchmarks.common import (
     argument_parser,
     distribution_table,
     main_guard,
+    pair_note,
     progress,
     report,
     resolve_rounds,
@@ -97,14 +100,25 @@ def run(arguments: Any) -> int:
                 results.skip(name, f"failed in round {number + 1}: {str(error).splitlines()[0][:200]}")
     reference = raw_http().name
     tables = [
-        distribution_table(results, KEEP_ALIVE, reference=reference),
+        distribution_table(results, KEEP_ALIVE, reference=reference, notes=hvt_notes(results, KEEP_ALIVE)),
     ]
     if not curl_missing:
         tables.insert(0, distribution_table(
             results, NEW_CONNECTION, reference=reference,
-            notes=["curl's time_total: TCP handshake, request, whole response; one curl process per sample"]))
+            notes=["curl's time_total: TCP handshake, request, whole response; one curl process per sample",
+                   *hvt_notes(results, NEW_CONNECTION)]))
     report(results, tables, arguments, placement=placement.describe())
     return 0
+
+
+HVT = "suresh (hvt)"
+UNIX = "suresh (tap)"
+
+
+def hvt_notes(results: Results, metric: Metric) -> list[str]:
+    """The hvt guest against the unix target of the same run (issue 6 asks for the median within 1.5×)."""
+    note = pair_note(results, metric, HVT, UNIX, statistics_=("median", "p90", "p99"))
+    return [note] if note else []
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,15 +13,18 @@ files from different days are compared by them.
 
 from __future__ import annotations
 
+import ctypes
 import importlib.util
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 from benchmarks.common import Target
 from benchmarks.peers import BODY, HTTP_PORT, READY, nginx_config
-from benchmarks.topology import Topology, wait_for_tcp
+from benchmarks.topology import Topology, command_line, python_environment, wait_for_tcp
+from platforms.host.netns import REPOSITORY
 
 SERVICE_START_TIMEOUT = 20.0
 TAP_BOOT_ARGUMENTS = ["--platform", "unix", "--interface", "tap0", "--ipv4=10.0.0.2/24", "--ipv4-gateway=10.0.0.1"]
@@ -49,9 +52,17 @@ def echo_arguments() -> list[str]:
     return ["-m", "services.echo", *TAP_BOOT_ARGUMENTS]
 
 
-def _launch_python_service(arguments: list[str], ready: str):  # type: ignore[no-untyped-def]
+def _launch_python_service(arguments: list[str], ready: str, *,  # type: ignore[no-untyped-def]
+                           in_workdir: bool = False):
+    """Start ``python -u *arguments`` in the server namespace and wait for ``ready``.
+
+    ``in_workdir``: run in the target's own temporary directory rather than
+    the repository (``--platform hvt`` writes ``dist/`` where it runs).
+    """
+
     def launch(topology: Topology, workdir: Path) -> subprocess.Popen[Any]:
-        return topology.server.start_service(arguments, ready=ready, timeout=SERVICE_START_TIMEOUT)
+        return topology.server.start_service(arguments, ready=ready, timeout=SERVICE_START_TIMEOUT,
+                                             cwd=workdir if in_workdir else None)
 
     return launch
 
@@ -96,18 +107,95 @@ def suresh_socket() -> Target:
     )
 
 
+HVT_IMAGE_NAME = "suresh.hvt"
+HVT_GUEST_ARGUMENTS = ["--ipv4=10.0.0.2/24", "--ipv4-gateway=10.0.0.1", f"--port={HTTP_PORT}"]
+SECCOMP_LIBRARIES = ("libseccomp.so.2", "libseccomp.so")  # what platforms.hvt.sandbox dlopens
+
+
+def _seccomp_missing() -> str | None:
+    for name in SECCOMP_LIBRARIES:
+        try:
+            ctypes.CDLL(name)
+            return None
+        except OSError:
+            continue
+    return "libseccomp is not installed (apt-get install -y libseccomp2): an hvt guest cannot run unsandboxed"
+
+
 def _hvt_unavailable() -> str | None:
-    missing = _module_missing("platforms.hvt", "platforms.hvt is not built yet")
-    return missing or "the benchmarks do not drive the hvt tender yet"
+    return (_module_missing("services.suresh", "services.suresh is not built yet")
+            or _module_missing("platforms.hvt.tender", "platforms.hvt is not built yet")
+            or _seccomp_missing())
 
 
 def suresh_hvt() -> Target:
-    """Suresh as an hvt guest under the tender: a placeholder until platforms.hvt exists."""
+    """Suresh as an hvt guest under the tender, started by the one-step command.
 
-    def launch(topology: Topology, workdir: Path) -> None:
-        raise RuntimeError(_hvt_unavailable() or "hvt launch is not written")
+    ``python -m services.suresh --platform hvt --interface tap0 ...`` builds
+    ``dist/suresh.hvt`` in its working directory (the target's temporary
+    directory, so nothing lands in the repository) and execs the tender,
+    which creates ``tap0`` and starts the guest; the ready line comes
+    through the tender's console. Stopping is by the ``Popen`` PID, which
+    after ``ip netns exec`` and the exec is the tender's: SIGTERM, which the
+    tender forwards to the guest (it closes its connections and halts 0).
+    """
+    arguments = ["-m", "services.suresh", "--platform", "hvt", "--interface", "tap0", *HVT_GUEST_ARGUMENTS]
+    return Target(name="suresh (hvt)", topology="tap",
+                  launch=_launch_python_service(arguments, SURESH_READY, in_workdir=True),
+                  port=HTTP_PORT, unavailable=_hvt_unavailable)
 
-    return Target(name="suresh (hvt)", topology="tap", launch=launch, port=HTTP_PORT, unavailable=_hvt_unavailable)
+
+def build_hvt_image(output: Path) -> int:
+    """Build Suresh's hvt image at ``output`` (outside any namespace: it only reads sources); its size.
+
+    The footprint benchmark builds once per run and times the tender alone
+    (``suresh_hvt_tender``), so that the build is not part of the boot time.
+    """
+    done = subprocess.run([sys.executable, "-m", "platforms.hvt.build", "services.suresh", "-o", str(output)],
+                          capture_output=True, text=True, timeout=120, cwd=REPOSITORY, env=python_environment())
+    if done.returncode != 0:
+        raise RuntimeError(f"hvt image build failed ({done.returncode}): {(done.stderr or done.stdout).strip()[-300:]}")
+    return output.stat().st_size
+
+
+def suresh_hvt_tender(image: Path) -> Target:
+    """Suresh's prebuilt hvt ``image`` under the tender alone (no build): what boot time measures.
+
+    ``python -m platforms.hvt.tender --net:service=tap0 -- IMAGE --ipv4=... --port=8080``.
+    Same name as ``suresh_hvt``: it is the same guest, only started without
+    the build step.
+    """
+    arguments = ["-m", "platforms.hvt.tender", "--net:service=tap0", "--", str(image), *HVT_GUEST_ARGUMENTS]
+    return Target(name="suresh (hvt)", topology="tap",
+                  launch=_launch_python_service(arguments, SURESH_READY, in_workdir=True),
+                  port=HTTP_PORT, unavailable=_hvt_unavailable)
+
+
+def hvt_guest_pid(tender_pid: int, image: Path) -> int:
+    """The guest of the tender ``tender_pid``: its child whose command line holds ``image``.
+
+    The tender starts the guest as ``python -I -S -OO IMAGE ARGS`` with the
+    image's absolute path; children are found through ``/proc/*/stat``
+    (field 4 is the parent's PID), which needs no kernel option.
+    """
+    wanted = image.resolve()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            parent = int(stat[stat.rindex(")") + 2:].split()[1])
+            if parent != tender_pid:
+                continue
+            argv = command_line(int(entry.name))
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile, or not ours to read
+        if any(part.endswith(image.name) and Path(part).resolve() == wanted for part in argv):
+            found.append(int(entry.name))
+    if len(found) != 1:
+        raise RuntimeError(f"expected one hvt guest of tender {tender_pid} running {image}, found {found}")
+    return found[0]
 
 
 # -- peers ------------------------------------------------------------------------------

@@ -3,8 +3,8 @@
 Two parts, each alternating its targets round by round:
 
 - **HTTP load**: ``wrk -t1 -c16 -d5s --latency`` against ``GET /`` on every
-  HTTP target of ``benchmarks.latency`` (Suresh when it exists, the raw
-  uvloop peer as the reference, aiohttp, uvicorn+httptools, nginx). One
+  HTTP target of ``benchmarks.latency`` (Suresh on unix over a tap, as an
+  hvt guest, and on ``--net socket``; the raw uvloop peer as the reference, aiohttp, uvicorn+httptools, nginx). One
   wrk thread, 16 connections: enough to keep a single-threaded server
   busy without measuring wrk itself. Requests/s and wrk's own latency
   percentiles (p50/p90/p99 in ms), plus socket errors and non-2xx counts.
@@ -37,6 +37,7 @@ from benchmarks.common import (
     argument_parser,
     main_guard,
     markdown_table,
+    pair_note,
     progress,
     report,
     resolve_rounds,
@@ -99,9 +100,10 @@ def run_http(session: Session, results: Results, arguments: Any, rounds: int) ->
     for running in started.values():
         running.stop()  # free the CPU before the bulk part
     metrics = [REQUESTS, *WRK_LATENCY.values()]
+    hvt = pair_note(results, REQUESTS, "suresh (hvt)", "suresh (tap)")
     return _single_value_table(results, metrics, f"HTTP load: wrk -t1 -c16 -d{seconds}s, GET /", raw_http().name,
                                ["median across rounds of each round's figure; wrk's latency percentiles are "
-                                "its own (HdrHistogram), per run"])
+                                "its own (HdrHistogram), per run", *([f"requests/s: {hvt}"] if hvt else [])])
 
 
 def run_bulk(session: Session, results: Results, arguments: Any, rounds: int) -> str | None:

@@ -8,12 +8,16 @@ with honest.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -345,6 +349,45 @@ def test_bulk_table_gives_median_and_slowest_transfer_each_direction() -> None:
     assert "ours, send to discard :9: 3 transfers, within ±10 %" in table
 
 
+def test_suresh_footprint_table_has_tender_and_image_columns() -> None:
+    results = _results()
+    for name, boot, rss in (("suresh (tap)", 170.0, 39.0), ("suresh (hvt)", 330.0, 20.0),
+                            ("raw uvloop HTTP (veth)", 60.0, 25.0)):
+        results.add(footprint.BOOT_HTTP, name, [boot])
+        results.add(footprint.IDLE_RSS, name, [rss])
+    results.add(footprint.TENDER_RSS, "suresh (hvt)", [36.0])
+    results.add(footprint.IMAGE_BYTES, "suresh (hvt)", [138743.0])
+    results.add(footprint.BOOT_UDP, "services.echo (tap)", [200.0])
+    table = footprint.suresh_footprint_table(results, reference="raw uvloop HTTP (veth)",
+                                             rows=["suresh (tap)", "suresh (hvt)", "raw uvloop HTTP (veth)"])
+    assert table is not None
+    assert "| target | boot→ping ms | boot→GET / ms | ready line ms | idle RSS MiB | idle anon RSS MiB " \
+           "| peak RSS MiB | tender RSS MiB | image bytes |" in table
+    assert "| suresh (hvt) | – | 330 (5.50×) | – | 20.0 (0.80×) | – | – | 36.0 | 138,743 |" in table
+    assert "services.echo" not in table
+    echo = footprint.footprint_table(results, reference="raw uvloop echo (veth)", rows=["services.echo (tap)"])
+    assert "suresh" not in echo and "| services.echo (tap) | – | 200 |" in echo
+    assert footprint.suresh_footprint_table(_results(), reference="x") is None
+
+
+def test_pair_note_compares_two_rows_of_one_run() -> None:
+    results = _results()
+    metric = Metric("lat", "latency", "µs")
+    results.add(metric, "suresh (tap)", [100.0, 200.0, 300.0])
+    results.add(metric, "suresh (hvt)", [150.0, 300.0, 450.0])
+    assert common.pair_note(results, metric, "suresh (hvt)", "suresh (tap)") == \
+        "suresh (hvt) against suresh (tap), same run: median 300 / 200 = 1.50×"
+    assert common.pair_note(results, metric, "suresh (hvt)", "nobody") is None
+    from benchmarks import latency
+    assert latency.hvt_notes(results, metric)[0].endswith("p99 450 / 300 = 1.50×")
+
+
+def test_boot_poller_takes_an_http_port() -> None:
+    done = subprocess.run([sys.executable, "-m", "benchmarks.clients", "boot-poll", "--help"], capture_output=True,
+                          text=True, timeout=30)
+    assert done.returncode == 0 and "--http-port" in done.stdout
+
+
 def test_bulk_table_of_nothing_is_none() -> None:
     assert throughput.bulk_table(_results(), "kernel", rounds=1, seconds=1, limit_bytes=2**30) is None
 
@@ -388,8 +431,85 @@ def test_suresh_is_skipped_until_it_is_built(monkeypatch) -> None:
     assert targets.suresh_socket().skip_reason() == "services.suresh is not built yet"
 
 
-def test_hvt_is_skipped_with_a_reason() -> None:
-    assert targets.suresh_hvt().skip_reason()
+def test_hvt_is_skipped_without_its_platform_or_libseccomp(monkeypatch) -> None:
+    real_find_spec = targets.importlib.util.find_spec
+    monkeypatch.setattr(targets.importlib.util, "find_spec",
+                        lambda name: None if name.startswith("platforms.hvt") else real_find_spec(name))
+    assert targets.suresh_hvt().skip_reason() == "platforms.hvt is not built yet"
+    monkeypatch.setattr(targets.importlib.util, "find_spec", real_find_spec)
+    monkeypatch.setattr(targets, "SECCOMP_LIBRARIES", ("libnetstack-no-such-library.so.0",))
+    assert targets.suresh_hvt().skip_reason().startswith("libseccomp is not installed")
+    assert targets.suresh_hvt_tender(Path("x.hvt")).skip_reason().startswith("libseccomp")
+
+
+class _RecordingNamespace:
+    def __init__(self) -> None:
+        self.calls: list[tuple[list[str], dict[str, object]]] = []
+
+    def start_service(self, arguments: list[str], **options: object) -> str:
+        self.calls.append((arguments, options))
+        return "process"
+
+
+class _FakeTopology:
+    def __init__(self) -> None:
+        self.server = _RecordingNamespace()
+
+
+def test_hvt_targets_start_in_their_own_directory(tmp_path) -> None:
+    topology = _FakeTopology()
+    assert targets.suresh_hvt().launch(topology, tmp_path) == "process"  # type: ignore[arg-type]
+    arguments, options = topology.server.calls[0]
+    assert arguments == ["-m", "services.suresh", "--platform", "hvt", "--interface", "tap0", "--ipv4=10.0.0.2/24",
+                         "--ipv4-gateway=10.0.0.1", "--port=8080"]
+    assert options["cwd"] == tmp_path and options["ready"] == "suresh listening on TCP port 8080"
+    image = tmp_path / "suresh.hvt"
+    tender = targets.suresh_hvt_tender(image)
+    assert tender.name == targets.suresh_hvt().name and tender.topology == "tap"
+    tender.launch(topology, tmp_path)  # type: ignore[arg-type]
+    arguments, _ = topology.server.calls[1]
+    assert arguments == ["-m", "platforms.hvt.tender", "--net:service=tap0", "--", str(image), "--ipv4=10.0.0.2/24",
+                         "--ipv4-gateway=10.0.0.1", "--port=8080"]
+    unix_arguments = targets.suresh_tap().launch  # the unix target still runs in the repository
+    unix_arguments(topology, tmp_path)  # type: ignore[arg-type]
+    assert topology.server.calls[2][1]["cwd"] is None
+
+
+def test_the_hvt_guest_is_the_tenders_child_running_the_image(tmp_path) -> None:
+    image = tmp_path / "suresh.hvt"
+    image.write_bytes(b"")
+    # A stand-in tender: a child that sleeps with the image on its command line, and one without.
+    script = ("import subprocess, sys, time\n"
+              "a = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(30)', sys.argv[1]])\n"
+              "b = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(30)', 'other.hvt'])\n"
+              "print(a.pid, flush=True)\n"
+              "time.sleep(30)\n")
+    tender = subprocess.Popen([sys.executable, "-c", script, str(image)], stdout=subprocess.PIPE, text=True)
+    try:
+        guest = int(tender.stdout.readline())
+        assert targets.hvt_guest_pid(tender.pid, image) == guest
+        with pytest.raises(RuntimeError, match="expected one hvt guest"):
+            targets.hvt_guest_pid(tender.pid, tmp_path / "missing.hvt")
+    finally:
+        for pid in _children(tender.pid):  # only the two children this test started, by PID
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        tender.kill()
+        tender.wait(timeout=10)
+        tender.stdout.close()
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat[stat.rindex(")") + 2:].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
 
 
 def test_nginx_is_skipped_without_the_binary(monkeypatch) -> None:
