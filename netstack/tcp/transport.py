@@ -400,7 +400,15 @@ class TcpServer(asyncio.AbstractServer):
         transport = TcpTransport(self._stack, connection, protocol, self._loop)
         transport.on_lost = self._forget
         self._transports.add(transport)
-        self._loop.call_soon(transport._start)
+        # Started now, inside the batch that completed the handshake, so that
+        # data riding on the handshake's ACK is answered in the same batch: a
+        # reply then carries the ACK instead of following a bare one.
+        try:
+            transport._start()
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            transport._fatal_error(exc, "connection_made raised")
         return transport
 
     def _forget(self, transport: TcpTransport) -> None:

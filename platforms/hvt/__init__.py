@@ -90,6 +90,7 @@ BLOCK_CHUNK_BYTES = 64 * 1024
 """Most bytes in one ``BLOCK_READ``/``BLOCK_WRITE``; larger requests are split."""
 
 _open_netifs: dict[int, HvtNetif] = {}
+_selector: HvtSelector | None = None  # the running guest loop's, once run() has made it
 
 
 # -- the platform functions -------------------------------------------------------
@@ -145,15 +146,20 @@ def run(main: Awaitable[T]) -> T | None:
     checks before every POLL (and the tender answers a pending POLL when
     it passes the signal on), so it wakes the guest at once.
     """
+    global _selector
     booted = guest.current()
-    loop = asyncio.SelectorEventLoop(HvtSelector(booted.hypercalls))
+    _selector = HvtSelector(booted.hypercalls)
+    loop = asyncio.SelectorEventLoop(_selector)
     loop.set_exception_handler(_exception_handler)
 
     def before() -> None:
         _shed_boot_memory()
         sandbox.install(booted.hypercalls)
 
-    return runner.run(loop, main, close_devices=close_netifs, signals=(signal.SIGTERM,), before=before)
+    try:
+        return runner.run(loop, main, close_devices=close_netifs, signals=(signal.SIGTERM,), before=before)
+    finally:
+        _selector = None
 
 
 def _shed_boot_memory() -> None:
@@ -277,6 +283,12 @@ class HvtNetif:
             return
         self._queue.append(bytes(frame))
         if self._flush_scheduled:
+            return
+        if _selector is not None:
+            # Out with the next select, just before the guest waits: one
+            # NET_WRITE per loop iteration and no iteration of its own.
+            self._flush_scheduled = True
+            _selector.flush_before_wait(self)
             return
         loop = self._loop
         if loop is None:

@@ -20,6 +20,16 @@ What gets registered:
   only when ``POLL`` returns: the guest is single-threaded by design, and
   no part of it writes the self-pipe (no signal handlers, no executors).
 
+Round trips to the tender are the guest's dearest operation, so
+``select`` saves two kinds. Output first: a net device that has frames
+queued asks (``flush_before_wait``) to be flushed at the top of the next
+``select``, so that what a loop iteration wrote goes out in one
+``NET_WRITE`` just before the guest waits, not in an iteration of its own.
+And a non-blocking select (asyncio's ``timeout=0``, "I have work, anything
+new?") skips ``POLL`` when the last one was under ``NONBLOCKING_POLL_GAP_NS``
+ago: input is then at most that much later, and a busy loop still polls
+between its callbacks.
+
 ``select(timeout)`` maps asyncio's timeout onto the deadline ``POLL``
 takes: ``None`` (nothing scheduled) becomes one day ahead, the ceiling
 asyncio itself puts on any wait (``MAXIMUM_SELECT_TIMEOUT``), so a tender
@@ -45,6 +55,9 @@ LONGEST_WAIT_NS = 24 * 3600 * 10**9
 
 _MAX_HANDLES = 64  # the POLL ready set is a u64 bitmask
 
+NONBLOCKING_POLL_GAP_NS = 100_000
+"""A zero-timeout ``select`` within this long of the last ``POLL`` does not poll again."""
+
 
 class DeviceHandle:
     """A net device as the selector sees it: a file object with a pseudo fd."""
@@ -68,6 +81,8 @@ class HvtSelector(selectors.BaseSelector):
 
     def __init__(self, hypercalls: Hypercalls) -> None:
         self._hypercalls = hypercalls
+        self._to_flush: dict[Any, None] = {}  # objects with flush(), in the order they asked
+        self._last_poll = 0
         self._keys: dict[int, selectors.SelectorKey] = {}
         self._devices: dict[int, selectors.SelectorKey] = {}  # handle -> key, read interest only
         self._real_readers: set[int] = set()
@@ -126,7 +141,16 @@ class HvtSelector(selectors.BaseSelector):
 
     # -- waiting -----------------------------------------------------------------
 
+    def flush_before_wait(self, device: Any) -> None:
+        """Call ``device.flush()`` at the top of the next ``select``."""
+        self._to_flush[device] = None
+
     def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        if self._to_flush:
+            devices = list(self._to_flush)
+            self._to_flush.clear()
+            for device in devices:
+                device.flush()
         ready: list[tuple[selectors.SelectorKey, int]] = []
         if self._real_readers or self._real_writers:
             readable, writable, _ = select.select(self._real_readers, self._real_writers, (), 0)
@@ -140,12 +164,15 @@ class HvtSelector(selectors.BaseSelector):
                 ready.append((key, mask & key.events))
         now = time.monotonic_ns()
         if ready or (timeout is not None and timeout <= 0):
+            if now - self._last_poll < NONBLOCKING_POLL_GAP_NS:
+                return ready
             deadline = now
         elif timeout is None:
             deadline = now + LONGEST_WAIT_NS
         else:
             deadline = now + min(int(timeout * 1e9), LONGEST_WAIT_NS)
         mask = self._hypercalls.poll(deadline)
+        self._last_poll = time.monotonic_ns()
         if mask:
             devices = self._devices
             handle = 0
