@@ -220,6 +220,7 @@ def main(application: str, preload: Sequence[str] = ()) -> NoReturn:
             print(f"hvt guest: {error}; start images with python -m platforms.hvt.tender", file=sys.stderr)
         os._exit(ABORT_STATUS)
     hypercalls.on_failure = lambda reason: _abort_broken_tender(hypercalls, reason)
+    _import_ahead(preload, application)
     try:
         boot(hypercalls)
     except AbiError as error:
@@ -282,6 +283,21 @@ def _run_application(hypercalls: Hypercalls, application: str, preload: Sequence
         print(code, file=sys.stderr)
         return 1
     return 0 if status is None else int(status)
+
+
+def _import_ahead(modules: Sequence[str], application: str) -> None:
+    """Import what we will need while the tender is still opening our devices.
+
+    The tender starts the guest first and sends BOOT once its taps are up,
+    so this time is otherwise spent waiting. Failures are ignored here: the
+    imports run again after boot (``_preload``, the application's import),
+    where a failure is reported on the console as it should be.
+    """
+    for name in (*modules, application):
+        try:
+            importlib.import_module(name)
+        except BaseException:  # noqa: BLE001 - reported after boot, see above
+            pass
 
 
 def _preload(modules: Sequence[str]) -> None:

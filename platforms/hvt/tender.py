@@ -403,16 +403,24 @@ class Tender:
         check_attachments(manifest, options)
         handles = number_handles(manifest)
         try:
-            for name in manifest.named(abi.DeviceType.BLOCK_BASIC):
-                size = options.block_sector_size.get(name, DEFAULT_SECTOR_SIZE)
-                self.blocks[handles[name]] = open_block(name, options.block[name], size)
-            for name in manifest.named(abi.DeviceType.NET_BASIC):
-                self.nets[handles[name]] = open_net(
-                    name, options.net[name], options.net_mac.get(name), host_side_address(options.args)
-                )
-            boot = self._boot_info(manifest)
+            # The guest's interpreter starts and imports while we open the
+            # devices (a tap takes tens of milliseconds); it waits for BOOT.
+            self._spawn_guest()
+            try:
+                for name in manifest.named(abi.DeviceType.BLOCK_BASIC):
+                    size = options.block_sector_size.get(name, DEFAULT_SECTOR_SIZE)
+                    self.blocks[handles[name]] = open_block(name, options.block[name], size)
+                for name in manifest.named(abi.DeviceType.NET_BASIC):
+                    self.nets[handles[name]] = open_net(
+                        name, options.net[name], options.net_mac.get(name), host_side_address(options.args)
+                    )
+                boot = self._boot_info(manifest)
+            except BaseException:
+                if self._guest is not None:
+                    _stop(self._guest, self._grace)
+                raise
             self._banner(manifest)
-            self._start_guest(boot)
+            self._boot_guest(boot)
             try:
                 self._serve()
             finally:
@@ -452,7 +460,7 @@ class Tender:
         )
         self._write_console(line.encode())
 
-    def _start_guest(self, boot: bytes) -> None:
+    def _spawn_guest(self) -> None:
         tender_end, guest_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self._channel = tender_end
         try:
@@ -463,7 +471,6 @@ class Tender:
                     f"{MAX_MESSAGE_BYTES} (run with CAP_NET_ADMIN, or raise net.core.wmem_max)"
                 )
             tender_end.setblocking(False)
-            tender_end.send(boot)  # queued for the guest before it runs: BOOT is always first
             self._install_signal_handlers()
             limit = self.options.mem_mb << 20
             env = {
@@ -493,7 +500,17 @@ class Tender:
             self._pidfd = os.pidfd_open(self._guest.pid)
         except (AttributeError, OSError):
             self._pidfd = -1  # older kernels: the channel's hang-up tells us instead
-        channel = tender_end.fileno()
+
+    def _boot_guest(self, boot: bytes) -> None:
+        """Send BOOT (the guest's first message) and start watching the channel and taps."""
+        assert self._channel is not None
+        try:
+            self._channel.send(boot)
+        except OSError:
+            # The guest died while we opened the devices (too little --mem,
+            # say); _finish reports how it ended.
+            self._channel_closed = True
+        channel = self._channel.fileno()
         for poller in (self._idle, self._waiting):
             poller.register(channel, select.POLLIN)
             poller.register(self._wake_read, select.POLLIN)

@@ -132,7 +132,7 @@ def test_a_source_change_changes_the_image_and_only_its_entry(fake: Path, tmp_pa
     before, after = (zipfile.ZipFile(tmp_path / name) for name in ("before.hvt", "after.hvt"))
     assert (tmp_path / "before.hvt").read_bytes() != (tmp_path / "after.hvt").read_bytes()
     changed = [name for name in before.namelist() if before.read(name) != after.read(name)]
-    assert changed == ["netstack/core.py"]
+    assert changed == ["netstack/core.py", "netstack/core.pyc"]  # the source and its bytecode
     assert before.namelist() == after.namelist()
 
 
@@ -141,10 +141,11 @@ def test_zip_entries_are_sorted_fixed_and_deflated(fake: Path, tmp_path: Path) -
     archive = zipfile.ZipFile(tmp_path / "app.hvt")
     names = archive.namelist()
     assert names == sorted(names)
-    assert names == ["__main__.py", "manifest.json", *sorted(
+    sources = [
         f"{module.replace('.', '/')}{'/__init__.py' if module in ('netstack', 'platforms', 'platforms.hvt', 'services') else '.py'}"
         for module in FAKE_MODULES
-    )]
+    ]
+    assert names == sorted(["__main__.py", "manifest.json", *sources, *(source + "c" for source in sources)])
     for info in archive.infolist():
         assert info.date_time == (1980, 1, 1, 0, 0, 0)
         assert info.external_attr >> 16 == stat.S_IFREG | 0o644
@@ -419,3 +420,19 @@ def test_services_recognise_a_guest_by_the_tenders_variable() -> None:
     for service in ("suresh", "echo"):
         source = (ROOT / "services" / f"{service}.py").read_text()
         assert f'args.platform == "hvt" and "{CHANNEL_ENVIRONMENT}" not in os.environ' in source
+
+
+def test_modules_carry_bytecode_compiled_as_the_guest_runs(fake: Path, tmp_path: Path) -> None:
+    import importlib.util
+    import marshal
+
+    assert build(fake, "services.app", "-o", str(tmp_path / "app.hvt")).returncode == 0
+    archive = zipfile.ZipFile(tmp_path / "app.hvt")
+    source = archive.read("netstack/core.py")
+    pyc = archive.read("netstack/core.pyc")
+    assert pyc[:4] == importlib.util.MAGIC_NUMBER
+    assert int.from_bytes(pyc[4:8], "little") == 1  # hash-based, unchecked: no timestamp (PEP 552)
+    assert pyc[8:16] == importlib.util.source_hash(source)
+    namespace: dict[str, object] = {}
+    exec(marshal.loads(pyc[16:]), namespace)
+    assert namespace["VALUE"] == 1
