@@ -349,6 +349,10 @@ def test_a_namespace_stops_what_it_started_and_disappears() -> None:
     namespace = Namespace()
     sleeper = namespace.popen(["sleep", "300"])
     with namespace:
-        assert namespace.run(["cat", f"/proc/{sleeper.pid}/comm"]).stdout == "sleep\n"
+        # `ip netns exec` becomes `sleep` once it has entered the namespace.
+        deadline = time.monotonic() + 10
+        while (comm := namespace.run(["cat", f"/proc/{sleeper.pid}/comm"]).stdout) != "sleep\n":
+            assert time.monotonic() < deadline, comm
+        assert comm == "sleep\n"
     assert sleeper.poll() == -signal.SIGTERM
     assert namespace.name not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
