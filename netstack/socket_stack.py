@@ -28,6 +28,8 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
+from netstack import streams
+
 
 class _Transport(asyncio.Transport):
     """asyncio's socket transport, with ``abort()`` that resets (see above)."""
@@ -182,20 +184,11 @@ class SocketStack:
         port: int | None = None,
         **kwds: Any,
     ) -> asyncio.AbstractServer:
-        loop = asyncio.get_running_loop()
-        limit = kwds.pop("limit", 2**16)
-
-        def factory() -> asyncio.StreamReaderProtocol:
-            return asyncio.StreamReaderProtocol(asyncio.StreamReader(limit=limit, loop=loop), client_connected_cb, loop=loop)
-
-        return await self.create_server(factory, host, port, **kwds)
+        # Through our create_server, so that stream transports reset on abort() too.
+        return await streams.start_server(self, client_connected_cb, host, port, **kwds)
 
     async def open_connection(self, host: str, port: int, **kwds: Any) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader(limit=kwds.pop("limit", 2**16), loop=loop)
-        protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
-        transport, _ = await self.create_connection(lambda: protocol, host, port, **kwds)
-        return reader, asyncio.StreamWriter(transport, protocol, reader, loop)  # type: ignore[arg-type]
+        return await streams.open_connection(self, host, port, **kwds)
 
     async def create_datagram_endpoint(
         self,

@@ -37,6 +37,8 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+from netstack import streams
+
 from netstack.arp import ArpConfig, ArpCore
 from netstack.icmp import IcmpConfig, Icmpv4
 from netstack.ipv4 import Ipv4, Ipv4Config
@@ -387,29 +389,14 @@ class Stack:
         client_connected_cb: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Any],
         host: str | None = None,
         port: int | None = None,
-        *,
-        limit: int = 2**16,
         **kwds: Any,
     ) -> TcpServer:
         """As ``asyncio.start_server``, over this stack."""
-        loop = asyncio.get_running_loop()
+        return await streams.start_server(self, client_connected_cb, host, port, **kwds)
 
-        def factory() -> asyncio.StreamReaderProtocol:
-            reader = asyncio.StreamReader(limit=limit, loop=loop)
-            return asyncio.StreamReaderProtocol(reader, client_connected_cb, loop=loop)
-
-        return await self.create_server(factory, host, port, **kwds)
-
-    async def open_connection(
-        self, host: str, port: int, *, limit: int = 2**16, **kwds: Any
-    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    async def open_connection(self, host: str, port: int, **kwds: Any) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         """As ``asyncio.open_connection``, over this stack."""
-        loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader(limit=limit, loop=loop)
-        protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
-        transport, _ = await self.create_connection(lambda: protocol, host, port, **kwds)
-        writer = asyncio.StreamWriter(transport, protocol, reader, loop)
-        return reader, writer
+        return await streams.open_connection(self, host, port, **kwds)
 
     # -- ICMP echo -----------------------------------------------------------
 
