@@ -17,6 +17,7 @@ import argparse
 import importlib
 import ipaddress
 import logging
+import os
 import sys
 from types import ModuleType
 from typing import Any, NoReturn
@@ -160,6 +161,22 @@ def check(args: argparse.Namespace, parser_: BootArgumentParser) -> None:
         parser_.error(f"--ipv4-gateway {args.ipv4_gateway} is not on the network {args.ipv4.network}")
     if args.ipv4_gateway == args.ipv4.ip:
         parser_.error("--ipv4-gateway must differ from --ipv4")
+
+
+def run_image_if_hvt_host(args: argparse.Namespace, application: str, argv: list[str] | None) -> int | None:
+    """On the host, ``--platform hvt`` means: build ``application``'s image and
+    run it under the tender; returns the tender's exit status. ``None`` when the
+    service should run here (another platform, or already inside a guest,
+    which has the tender's channel).
+
+    The launcher is loaded by name, as platforms are: an import statement
+    would make host-side tooling part of the application's module graph, and
+    of its image.
+    """
+    if args.platform != "hvt" or "NETSTACK_HVT_CHANNEL" in os.environ:
+        return None
+    launcher = importlib.import_module("platforms.hvt.build")
+    return launcher.build_and_run(application, argv)
 
 
 def load_platform(name: str) -> ModuleType:

@@ -17,9 +17,7 @@ is the wiring that picks the platform and builds netif -> stack -> Echo.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import logging
-import os
 import sys
 
 from netstack.protocols import PlatformError
@@ -124,12 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = boot.parser("python -m services.echo", "Echo service over the netstack direct stack.")
     args = parser.parse_args(argv)
     boot.check(args, parser)
-    if args.platform == "hvt" and "NETSTACK_HVT_CHANNEL" not in os.environ:
-        # On the host (a guest has the tender's channel), --platform hvt means: build
-        # the image and run it under the tender. The launcher is loaded by name, as the
-        # platform is: an import statement would make host-side tooling part of the
-        # application's module graph, and of its image.
-        return importlib.import_module("platforms.hvt.build").build_and_run("services.echo", argv)
+    status = boot.run_image_if_hvt_host(args, "services.echo", argv)
+    if status is not None:
+        return status
     boot.configure_logging(args.logs)
     platform = boot.load_platform(args.platform)
     clock = platform.clock()

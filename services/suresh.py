@@ -24,10 +24,8 @@ with ``Allow``.
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
-import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -177,12 +175,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--time", default=DEFAULT_TIME, type=boot.clock_time, help="when it leaves, HH:MM")
     args = parser.parse_args(argv)
     boot.check(args, parser)
-    if args.platform == "hvt" and "NETSTACK_HVT_CHANNEL" not in os.environ:
-        # On the host (a guest has the tender's channel), --platform hvt means: build
-        # the image and run it under the tender. The launcher is loaded by name, as the
-        # platform is: an import statement would make host-side tooling part of the
-        # application's module graph, and of its image.
-        return importlib.import_module("platforms.hvt.build").build_and_run("services.suresh", argv)
+    status = boot.run_image_if_hvt_host(args, "services.suresh", argv)
+    if status is not None:
+        return status
     boot.configure_logging(args.logs)
     platform = boot.load_platform(args.platform)
     clock = platform.clock()

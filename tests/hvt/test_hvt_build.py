@@ -413,13 +413,25 @@ def test_in_a_guest_platform_hvt_is_the_platform(on_host: list[list[str]], monke
     assert loaded == ["hvt"] and on_host == []
 
 
-def test_services_recognise_a_guest_by_the_tenders_variable() -> None:
+def test_services_recognise_a_guest_by_the_tenders_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     require_hvt_package()
     from platforms.hvt.guest import CHANNEL_ENVIRONMENT
 
+    import argparse
+
+    from services import boot
+
+    # Inside a guest (the tender's variable set) the service runs where it is ...
+    monkeypatch.setenv(CHANNEL_ENVIRONMENT, "3")
+    assert boot.run_image_if_hvt_host(argparse.Namespace(platform="hvt"), "services.suresh", []) is None
+    monkeypatch.delenv(CHANNEL_ENVIRONMENT)
+    # ... and so it does on any other platform; both services ask before they boot.
+    assert boot.run_image_if_hvt_host(argparse.Namespace(platform="unix"), "services.suresh", []) is None
+    source = (ROOT / "services" / "boot.py").read_text()
+    assert f'"{CHANNEL_ENVIRONMENT}" in os.environ' in source
     for service in ("suresh", "echo"):
         source = (ROOT / "services" / f"{service}.py").read_text()
-        assert f'args.platform == "hvt" and "{CHANNEL_ENVIRONMENT}" not in os.environ' in source
+        assert f'boot.run_image_if_hvt_host(args, "services.{service}", argv)' in source
 
 
 def test_modules_carry_bytecode_compiled_as_the_guest_runs(fake: Path, tmp_path: Path) -> None:
