@@ -90,7 +90,7 @@ class Stack:
             self.ipv4_config, self.arp, netif.mac, netif.mtu, self.stats, verify_checksums=not offload.rx_checksum
         )
         self.icmp = Icmpv4(self.ipv4, icmp_config, self.stats)
-        self.udp = Udp(self.ipv4, self.icmp, self._transmit, clock.monotonic_ns, self.stats)
+        self.udp = Udp(self.ipv4, self.icmp, self._send, clock.monotonic_ns, self.stats)
         if tcp_config is None:
             tcp_config = TcpLayerConfig()
         if offload.max_tx_segment > netif.mtu and tcp_config.connection.max_segment == 0:
@@ -235,8 +235,14 @@ class Stack:
             except OSError as error:
                 self.stats["netif.write_error"] += 1
                 log.debug("netif write failed: %s", error)
+
+    def _send(self, frames: list[bytearray]) -> None:
+        """Write what an application call produced, then re-arm: ARP may be
+        holding some of it back, with a retry deadline. (The receive path,
+        the flush and the timer write with ``_transmit`` and arm once at
+        their end.)"""
+        self._transmit(frames)
         if frames and not self._closed:
-            # A send may have queued frames behind ARP resolution.
             self._arm()
 
     # -- timers --------------------------------------------------------------
@@ -416,7 +422,7 @@ class Stack:
         now = self.clock.monotonic_ns()
         timer = self.clock.call_at(now + int(timeout * 1e9), lambda: self._ping_timeout(sequence))
         self._pings[sequence] = (future, now, dst, timer)
-        self._transmit(self.icmp.echo_request(dst, self._ping_ident, sequence, data, now))
+        self._send(self.icmp.echo_request(dst, self._ping_ident, sequence, data, now))
         return await future
 
     def _ping_timeout(self, sequence: int) -> None:
