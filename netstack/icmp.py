@@ -32,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 from collections import Counter
 from collections.abc import Callable
+from typing import NamedTuple
 
 from netstack.ipv4 import HEADROOM, Datagram, Ipv4
 from netstack.wire.icmpv4 import (
@@ -78,6 +79,27 @@ class TokenBucket:
             self._tokens_ns -= SECOND
             return True
         return False
+
+
+class IcmpError(NamedTuple):
+    """An ICMP error about a datagram we sent, as the protocol it quotes sees it.
+
+    ``type``/``code`` are the ICMP message's own (3 Destination Unreachable,
+    11 Time Exceeded, 12 Parameter Problem); ``next_hop_mtu`` is the MTU a
+    "fragmentation needed" (type 3, code 4) message carries (RFC 1191), 0
+    otherwise. ``local_ip``/``remote_ip`` are the quoted datagram's source
+    (us) and destination. ``quoted`` is the quoted transport header, at least
+    its first 8 bytes (ports, and for TCP the sequence number that RFC 5927
+    says to check against what is in flight).
+    """
+
+    type: int
+    code: int
+    next_hop_mtu: int
+    local_ip: bytes
+    remote_ip: bytes
+    protocol: int
+    quoted: memoryview
 
 
 UnreachableHandler = Callable[[int, bytes, int, bytes, int, int], None]
